@@ -1,0 +1,163 @@
+"""Values as ``log()`` keeps them, and as the background writer turns them into numbers.
+
+``capture`` runs on the caller's thread and must never read a tensor back to the host: it
+only clones (on the tensor's own device, asynchronously for CUDA) so that a later in-place
+edit by the caller cannot change what was logged. ``HostValues`` runs in the background: it
+stacks the captured tensors of one batch per (device, dtype, shape), starts one non-blocking
+copy per group, and hands back host arrays once the copies are done.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+class Refusal:
+    """Returned by ``capture`` for a value that must not be queued, with the reason."""
+
+    __slots__ = ("code", "why")
+
+    def __init__(self, code: str, why: str) -> None:
+        self.code = code
+        self.why = why
+
+
+TOO_MANY_DIMS = Refusal(
+    "tensor_rank",
+    "tensors may be 0-d, [heads] or [layers, heads]; reduce larger ones on the device first "
+    "(for example t.float().mean(dim=(-2, -1)) for a [heads, seq, seq] map)",
+)
+IN_GRAPH_CAPTURE = Refusal(
+    "cuda_graph_capture",
+    "log() was called while a CUDA graph is being captured; values are skipped during capture",
+)
+
+MAX_TENSOR_DIMS = 2
+"""0-d, [heads] or [layers, heads]. Larger tensors are refused, never copied to the host."""
+
+Capture = Callable[[Any], Any]
+_capture_by_type: dict[type, Capture] = {}
+
+
+def _keep(value: Any) -> Any:
+    return value
+
+
+def _numpy_scalar(value: Any) -> Any:
+    return value.item()
+
+
+def _numpy_array(value: Any) -> Any:
+    if value.ndim > MAX_TENSOR_DIMS:
+        return TOO_MANY_DIMS
+    return value.copy()
+
+
+def _torch_tensor(value: Any) -> Any:
+    if value.dim() > MAX_TENSOR_DIMS:
+        return TOO_MANY_DIMS
+    if value.is_cuda and sys.modules["torch"].cuda.is_current_stream_capturing():
+        return IN_GRAPH_CAPTURE
+    if value.requires_grad:
+        value = value.detach()
+    # clone, not a reference: the caller may edit the tensor in place after log() returns.
+    return value.clone()
+
+
+def _capture_for(tp: type) -> Capture:
+    torch = sys.modules.get("torch")
+    if torch is not None and issubclass(tp, torch.Tensor):
+        return _torch_tensor
+    if issubclass(tp, np.ndarray):
+        return _numpy_array
+    if issubclass(tp, np.generic):
+        return _numpy_scalar
+    return _keep
+
+
+def capture(value: Any) -> Any:
+    """The value to queue for one ``log()`` call, or a Refusal. Cost: one dict lookup, plus a
+    clone for tensors and arrays. Never synchronises with a GPU."""
+    tp = type(value)
+    fn = _capture_by_type.get(tp)
+    if fn is None:
+        fn = _capture_by_type[tp] = _capture_for(tp)
+    return fn(value)
+
+
+def is_tensor(value: Any) -> bool:
+    """True for torch tensors, without importing torch."""
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(value, torch.Tensor)
+
+
+class HostValues:
+    """Host copies of every tensor in one batch, made with one transfer per tensor group.
+
+    Example:
+        >>> hv = HostValues([np.array([1.0, 2.0])])
+        >>> hv.ready()
+        True
+        >>> hv.arrays()[0].tolist()
+        [1.0, 2.0]
+    """
+
+    def __init__(self, values: Sequence[Any]) -> None:
+        self._arrays: list[np.ndarray | None] = [None] * len(values)
+        self._pending: list[tuple[list[int], Any, Any]] = []
+        self.errors: dict[int, str] = {}
+        """Index -> why that value could not be copied (meta or sparse tensors, say)."""
+        groups: dict[tuple[Any, ...], list[int]] = {}
+        for i, value in enumerate(values):
+            if isinstance(value, np.ndarray):
+                self._arrays[i] = value
+            else:
+                key = (value.device, value.dtype, value.layout, tuple(value.shape))
+                groups.setdefault(key, []).append(i)
+        for indices in groups.values():
+            try:
+                self._start_copy(indices, [values[i] for i in indices])
+            except Exception as exc:  # one odd tensor must not lose the rest of the batch
+                if len(indices) == 1:
+                    self.errors[indices[0]] = f"{type(exc).__name__}: {exc}"
+                else:
+                    for i in indices:
+                        try:
+                            self._start_copy([i], [values[i]])
+                        except Exception as exc_one:
+                            self.errors[i] = f"{type(exc_one).__name__}: {exc_one}"
+
+    def _start_copy(self, indices: list[int], tensors: list[Any]) -> None:
+        import torch
+
+        if tensors[0].is_meta:
+            raise ValueError("a meta tensor holds no data")
+        stacked = torch.stack(tensors)
+        if stacked.dtype in (torch.bfloat16, torch.float16):
+            stacked = stacked.float()  # numpy has no bfloat16
+        if stacked.is_cuda:
+            # pinned + non_blocking + event: the copy never blocks, so nothing here
+            # synchronises the GPU (set_sync_debug_mode("error") stays quiet).
+            host = torch.empty(stacked.shape, dtype=stacked.dtype, pin_memory=True)
+            host.copy_(stacked, non_blocking=True)
+            done = torch.cuda.Event()
+            done.record()
+            self._pending.append((indices, host, done))
+        else:
+            self._pending.append((indices, stacked.cpu(), None))
+
+    def ready(self) -> bool:
+        """True when every device-to-host copy has finished (polls; never blocks)."""
+        return all(done is None or done.query() for _, _, done in self._pending)
+
+    def arrays(self) -> list[np.ndarray | None]:
+        """One host array per input value; call only once ``ready()`` is True."""
+        for indices, host, _ in self._pending:
+            stacked = host.numpy()
+            for row, i in zip(stacked, indices):
+                self._arrays[i] = row
+        self._pending = []
+        return self._arrays

@@ -1,0 +1,244 @@
+"""Per-series state (count, sum, min, max, buckets), turned into OTel data points on collect.
+
+No I/O and no threads: the background writer owns one Aggregator and is its only caller.
+"""
+
+from __future__ import annotations
+
+import math
+from bisect import bisect_left
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from opentelemetry.sdk.metrics.export import (
+    AggregationTemporality,
+    Gauge,
+    Histogram,
+    HistogramDataPoint,
+    Metric,
+    NumberDataPoint,
+    Sum,
+)
+
+from otel_sparse._instruments import (
+    OVERFLOW_ATTRIBUTES,
+    AttributeKey,
+    InstrumentKind,
+    MetricSpec,
+)
+
+_OVERFLOW_KEY: AttributeKey = tuple(sorted(OVERFLOW_ATTRIBUTES.items()))
+
+
+class _HistogramState:
+    __slots__ = ("buckets", "count", "max", "min", "sum")
+
+    def __init__(self, n_buckets: int) -> None:
+        self.count = 0
+        self.sum = 0.0
+        self.min = math.inf
+        self.max = -math.inf
+        self.buckets = [0] * n_buckets
+
+
+class _SumState:
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value: float = 0
+
+
+class _GaugeState:
+    __slots__ = ("time_ns", "value")
+
+    def __init__(self) -> None:
+        self.value: float = 0.0
+        self.time_ns = 0
+
+
+_State = _HistogramState | _SumState | _GaugeState
+
+
+class _MetricSeries:
+    """All attribute sets of one instrument."""
+
+    __slots__ = ("attributes", "overflowed", "spec", "states")
+
+    def __init__(self, spec: MetricSpec) -> None:
+        self.spec = spec
+        self.states: dict[AttributeKey, _State] = {}
+        self.attributes: dict[AttributeKey, dict[str, Any]] = {}
+        self.overflowed = 0
+
+    def new_state(self) -> _State:
+        kind = self.spec.kind
+        if kind is InstrumentKind.HISTOGRAM:
+            return _HistogramState(len(self.spec.boundaries) + 1)
+        if kind is InstrumentKind.GAUGE:
+            return _GaugeState()
+        return _SumState()
+
+
+class Aggregator:
+    """Accumulates values per (instrument, attribute set) and snapshots them as OTel metrics.
+
+    Example:
+        >>> from otel_sparse._instruments import make_spec
+        >>> agg = Aggregator(max_series=10)
+        >>> spec = make_spec("density", float)
+        >>> agg.record("sparse_attention.density", spec, (("layer", 0),), 0.25)
+        >>> [m.data.data_points[0].sum for m in agg.collect(now_ns=1)]
+        [0.25]
+    """
+
+    def __init__(
+        self, max_series: int = 20000, temporality: str = "cumulative", start_ns: int = 0
+    ) -> None:
+        self._max_series = max_series
+        self._delta = temporality == "delta"
+        self._start_ns = start_ns
+        self._metrics: dict[str, _MetricSeries] = {}
+        self.overflow_events: list[tuple[str, int]] = []
+        """(instrument, limit) for each instrument that overflowed since last read."""
+
+    def _state(self, name: str, spec: MetricSpec, key: AttributeKey, points: int = 1) -> _State:
+        series = self._metrics.get(name)
+        if series is None:
+            series = self._metrics[name] = _MetricSeries(spec)
+        state = series.states.get(key)
+        if state is None:
+            if len(series.states) >= self._max_series and key != _OVERFLOW_KEY:
+                if not series.overflowed:
+                    self.overflow_events.append((name, self._max_series))
+                series.overflowed += points
+                return self._state(name, spec, _OVERFLOW_KEY)
+            state = series.states[key] = series.new_state()
+            series.attributes[key] = dict(key)
+        return state
+
+    @property
+    def start_ns(self) -> int:
+        """When the current totals began (the last collect, with delta temporality)."""
+        return self._start_ns
+
+    def overflowed_points(self, name: str) -> int:
+        """Points folded into the overflow series of one instrument so far."""
+        series = self._metrics.get(name)
+        return series.overflowed if series else 0
+
+    def record(self, name: str, spec: MetricSpec, key: AttributeKey, value: float) -> None:
+        """Add one finite value. Cost: two dict lookups and a bisect."""
+        state = self._state(name, spec, key)
+        if type(state) is _HistogramState:
+            state.count += 1
+            state.sum += value
+            if value < state.min:
+                state.min = value
+            if value > state.max:
+                state.max = value
+            state.buckets[bisect_left(spec.boundaries, value)] += 1
+        elif type(state) is _SumState:
+            state.value += value
+        else:
+            assert isinstance(state, _GaugeState)
+            state.value = value
+
+    def record_columns(
+        self, name: str, spec: MetricSpec, keys: Sequence[AttributeKey], values: np.ndarray
+    ) -> int:
+        """Add a [events, series] block in one vectorised pass; returns values skipped as
+        non-finite. Column j of ``values`` belongs to the series ``keys[j]``."""
+        finite = np.isfinite(values)
+        counts = finite.sum(axis=0)
+        skipped = int(values.size - counts.sum())
+        kind = spec.kind
+        if kind is InstrumentKind.HISTOGRAM:
+            zeroed = np.where(finite, values, 0.0)
+            sums = zeroed.sum(axis=0)
+            mins = np.where(finite, values, np.inf).min(axis=0)
+            maxs = np.where(finite, values, -np.inf).max(axis=0)
+            n_buckets = len(spec.boundaries) + 1
+            index = np.searchsorted(np.asarray(spec.boundaries), zeroed, side="left")
+            flat = (np.arange(len(keys)) * n_buckets + index)[finite]
+            bucket_counts = np.bincount(flat, minlength=len(keys) * n_buckets)
+            bucket_counts = bucket_counts.reshape(len(keys), n_buckets)
+            for j in np.flatnonzero(counts):
+                state = self._state(name, spec, keys[j], int(counts[j]))
+                assert isinstance(state, _HistogramState)
+                state.count += int(counts[j])
+                state.sum += float(sums[j])
+                state.min = min(state.min, float(mins[j]))
+                state.max = max(state.max, float(maxs[j]))
+                buckets = state.buckets
+                for b in np.flatnonzero(bucket_counts[j]):
+                    buckets[b] += int(bucket_counts[j, b])
+        elif kind is InstrumentKind.GAUGE:
+            for j in np.flatnonzero(counts):
+                last = values[:, j][finite[:, j]][-1]
+                self.record(name, spec, keys[j], float(last))
+        else:
+            sums = np.where(finite, values, 0.0).sum(axis=0)
+            for j in np.flatnonzero(counts):
+                self.record(name, spec, keys[j], float(sums[j]))
+        return skipped
+
+    def collect(self, now_ns: int) -> list[Metric]:
+        """Snapshot every series as OTel ``Metric``s; with delta temporality, reset them."""
+        temporality = (
+            AggregationTemporality.DELTA if self._delta else AggregationTemporality.CUMULATIVE
+        )
+        out: list[Metric] = []
+        for name, series in self._metrics.items():
+            spec = series.spec
+            start = self._start_ns
+            kind = spec.kind
+            data: Histogram | Sum | Gauge
+            if kind is InstrumentKind.HISTOGRAM:
+                hpoints = [
+                    HistogramDataPoint(
+                        attributes=series.attributes[key],
+                        start_time_unix_nano=start,
+                        time_unix_nano=now_ns,
+                        count=st.count,
+                        sum=st.sum,
+                        bucket_counts=list(st.buckets),
+                        explicit_bounds=list(spec.boundaries),
+                        min=st.min,
+                        max=st.max,
+                    )
+                    for key, st in series.states.items()
+                    if isinstance(st, _HistogramState) and st.count
+                ]
+                if not hpoints:
+                    continue
+                data = Histogram(data_points=hpoints, aggregation_temporality=temporality)
+            else:
+                npoints = [
+                    NumberDataPoint(
+                        attributes=series.attributes[key],
+                        start_time_unix_nano=start,
+                        time_unix_nano=now_ns,
+                        value=st.value,
+                    )
+                    for key, st in series.states.items()
+                    if isinstance(st, (_SumState, _GaugeState))
+                ]
+                if not npoints:
+                    continue
+                if kind is InstrumentKind.GAUGE:
+                    data = Gauge(data_points=npoints)
+                else:
+                    data = Sum(
+                        data_points=npoints,
+                        aggregation_temporality=temporality,
+                        is_monotonic=kind is InstrumentKind.COUNTER,
+                    )
+            out.append(Metric(name=name, description=spec.description, unit=spec.unit, data=data))
+        if self._delta:
+            for series in self._metrics.values():
+                if series.spec.kind is not InstrumentKind.GAUGE:
+                    series.states.clear()
+                    series.attributes.clear()
+            self._start_ns = now_ns
+        return out

@@ -1,0 +1,218 @@
+"""Configuration variables: each resolved as argument, then OTEL_SPARSE_*, then OTEL_*, then default.
+
+Every variable the library reads is a documented constant here; docs/configuration.md lists
+them for users. A value that does not parse, or is out of range, logs one warning and the
+default applies: a typo in an environment variable must never stop a training run.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import TypeVar
+
+_logger = logging.getLogger("otel_sparse")
+
+OTEL_SPARSE_NAMESPACE = "OTEL_SPARSE_NAMESPACE"
+"""Prefix of every instrument name (``<namespace>.<identifier>``). Default ``sparse_attention``."""
+
+OTEL_SPARSE_RUN_ID = "OTEL_SPARSE_RUN_ID"
+"""Run id put on every point as the resource attribute ``run.id``.
+
+Falls back to ``TORCHELASTIC_RUN_ID`` (set by torchrun on every rank), then to a generated id.
+"""
+
+TORCHELASTIC_RUN_ID = "TORCHELASTIC_RUN_ID"
+"""Set by torchrun: the same value on every rank of one job."""
+
+OTEL_SPARSE_RUN_DIR = "OTEL_SPARSE_RUN_DIR"
+"""Parent folder of run folders for the new API and the CLI. Default ``./otel_sparse_runs``."""
+
+OTEL_SPARSE_EXPORTERS = "OTEL_SPARSE_EXPORTERS"
+"""Comma-separated metric exporters: ``jsonl``, ``otlp``, ``otlp_file``, ``console``, ``none``.
+
+Falls back to ``OTEL_METRICS_EXPORTER`` (``otlp``, ``console``, ``none``), then ``jsonl``. The
+event file ``micro_metrics.jsonl`` of the old API is always written when a log path is set.
+"""
+
+OTEL_METRICS_EXPORTER = "OTEL_METRICS_EXPORTER"
+"""Standard OTel variable, read when ``OTEL_SPARSE_EXPORTERS`` is unset."""
+
+OTEL_SPARSE_EXPORT_INTERVAL = "OTEL_SPARSE_EXPORT_INTERVAL"
+"""Milliseconds between metric exports. Falls back to ``OTEL_METRIC_EXPORT_INTERVAL``, then 10000.
+
+The OTel default is 60000; researchers watch dashboards during a run, so ours is shorter.
+"""
+
+OTEL_METRIC_EXPORT_INTERVAL = "OTEL_METRIC_EXPORT_INTERVAL"
+"""Standard OTel variable, read when ``OTEL_SPARSE_EXPORT_INTERVAL`` is unset."""
+
+OTEL_SPARSE_EXPORT_TIMEOUT = "OTEL_SPARSE_EXPORT_TIMEOUT"
+"""Milliseconds one export may take. Falls back to ``OTEL_METRIC_EXPORT_TIMEOUT``, then 10000."""
+
+OTEL_METRIC_EXPORT_TIMEOUT = "OTEL_METRIC_EXPORT_TIMEOUT"
+"""Standard OTel variable, read when ``OTEL_SPARSE_EXPORT_TIMEOUT`` is unset."""
+
+OTEL_SPARSE_SHUTDOWN_TIMEOUT = "OTEL_SPARSE_SHUTDOWN_TIMEOUT"
+"""Milliseconds the final export at exit may take before it is abandoned. Default 3000."""
+
+OTEL_SPARSE_TEMPORALITY = "OTEL_SPARSE_TEMPORALITY"
+"""``cumulative`` (default) or ``delta``.
+
+Falls back to ``OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE``. Cumulative survives a
+collector restart without losing totals; delta needs ``deltatocumulative`` in the collector.
+"""
+
+OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE = (
+    "OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE"
+)
+"""Standard OTel variable, read when ``OTEL_SPARSE_TEMPORALITY`` is unset."""
+
+OTEL_SPARSE_MAX_SERIES = "OTEL_SPARSE_MAX_SERIES"
+"""Attribute sets kept per metric before points go to the overflow series. Default 20000.
+
+The default leaves room for 128 layers x 128 heads (16384) plus a few extra attributes.
+"""
+
+OTEL_SPARSE_WRITE_DELAY = "OTEL_SPARSE_WRITE_DELAY"
+"""Seconds an event may wait in memory before the background writer persists it. Default 1.0.
+
+Bounds what a ``kill -9`` can lose. ``flush_every`` still hands full batches over at once.
+"""
+
+OTEL_SPARSE_MAX_PENDING_EVENTS = "OTEL_SPARSE_MAX_PENDING_EVENTS"
+"""Events handed to the writer but not yet written, before new batches are dropped (counted).
+
+Default 1000000: bounds memory if the disk stalls.
+"""
+
+OTEL_SPARSE_OTLP_FILE = "OTEL_SPARSE_OTLP_FILE"
+"""Path of the OTLP-JSON lines file (exporter ``otlp_file``). Default ``<run dir>/otlp/metrics.jsonl``."""
+
+EXPORTER_NAMES = frozenset({"jsonl", "otlp", "otlp_file", "console", "none"})
+DEFAULT_EXPORTERS = ("jsonl",)
+
+_T = TypeVar("_T")
+_warned_env: set[tuple[str, str]] = set()
+
+
+def _warn_once(name: str, raw: str, why: str) -> None:
+    if (name, raw) not in _warned_env:
+        _warned_env.add((name, raw))
+        _logger.warning("otel_sparse: ignoring %s=%r (%s); using the default", name, raw, why)
+
+
+def _first_set(environ: Mapping[str, str], *names: str) -> tuple[str, str] | None:
+    for name in names:
+        raw = environ.get(name, "").strip()
+        if raw:
+            return name, raw
+    return None
+
+
+def _resolve(
+    names: tuple[str, ...],
+    parse: Callable[[str], _T],
+    default: _T,
+    environ: Mapping[str, str] | None = None,
+) -> _T:
+    """The first set variable among ``names`` that parses, else ``default`` (warned once)."""
+    env = os.environ if environ is None else environ
+    found = _first_set(env, *names)
+    if found is None:
+        return default
+    name, raw = found
+    try:
+        return parse(raw)
+    except ValueError as exc:
+        _warn_once(name, raw, str(exc))
+        return default
+
+
+def _positive_float(raw: str) -> float:
+    value = float(raw)
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError("must be a positive number")
+    return value
+
+
+def _positive_int(raw: str) -> int:
+    value = int(raw)
+    if value <= 0:
+        raise ValueError("must be a positive integer")
+    return value
+
+
+def _temporality(raw: str) -> str:
+    value = raw.lower()
+    if value not in ("cumulative", "delta"):
+        raise ValueError("must be 'cumulative' or 'delta'")
+    return value
+
+
+def parse_exporters(raw: str) -> tuple[str, ...]:
+    """Parse a comma-separated exporter list; raises ValueError naming unknown entries."""
+    names = tuple(dict.fromkeys(part.strip().lower() for part in raw.split(",") if part.strip()))
+    unknown = [n for n in names if n not in EXPORTER_NAMES]
+    if unknown:
+        raise ValueError(f"unknown exporter(s) {unknown}; choose from {sorted(EXPORTER_NAMES)}")
+    if "none" in names:
+        return ()
+    return names
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every tunable of one logger, resolved once when logging is configured."""
+
+    namespace: str = "sparse_attention"
+    exporters: tuple[str, ...] = DEFAULT_EXPORTERS
+    export_interval_s: float = 10.0
+    export_timeout_s: float = 10.0
+    shutdown_timeout_s: float = 3.0
+    temporality: str = "cumulative"
+    max_series: int = 20000
+    write_delay_s: float = 1.0
+    max_pending_events: int = 1_000_000
+    otlp_file: str | None = None
+
+    @classmethod
+    def from_env(
+        cls, environ: Mapping[str, str] | None = None, exporters: tuple[str, ...] | None = None
+    ) -> Settings:
+        """Resolve every setting: ``exporters`` argument, then OTEL_SPARSE_*, OTEL_*, default."""
+        env = os.environ if environ is None else environ
+        if exporters is None:
+            exporters = _resolve(
+                (OTEL_SPARSE_EXPORTERS, OTEL_METRICS_EXPORTER), parse_exporters,
+                DEFAULT_EXPORTERS, env,
+            )
+        namespace = env.get(OTEL_SPARSE_NAMESPACE, "").strip() or cls.namespace
+        return cls(
+            namespace=namespace.rstrip("."),
+            exporters=exporters,
+            export_interval_s=_resolve(
+                (OTEL_SPARSE_EXPORT_INTERVAL, OTEL_METRIC_EXPORT_INTERVAL),
+                _positive_float, 10000.0, env,
+            ) / 1000.0,
+            export_timeout_s=_resolve(
+                (OTEL_SPARSE_EXPORT_TIMEOUT, OTEL_METRIC_EXPORT_TIMEOUT),
+                _positive_float, 10000.0, env,
+            ) / 1000.0,
+            shutdown_timeout_s=_resolve(
+                (OTEL_SPARSE_SHUTDOWN_TIMEOUT,), _positive_float, 3000.0, env
+            ) / 1000.0,
+            temporality=_resolve(
+                (OTEL_SPARSE_TEMPORALITY, OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE),
+                _temporality, "cumulative", env,
+            ),
+            max_series=_resolve((OTEL_SPARSE_MAX_SERIES,), _positive_int, 20000, env),
+            write_delay_s=_resolve((OTEL_SPARSE_WRITE_DELAY,), _positive_float, 1.0, env),
+            max_pending_events=_resolve(
+                (OTEL_SPARSE_MAX_PENDING_EVENTS,), _positive_int, 1_000_000, env
+            ),
+            otlp_file=env.get(OTEL_SPARSE_OTLP_FILE, "").strip() or None,
+        )

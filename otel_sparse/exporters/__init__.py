@@ -1,0 +1,41 @@
+"""Every exporter in its own module; this package builds the set a logger uses."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from opentelemetry.sdk.metrics.export import ConsoleMetricExporter, MetricExporter
+
+from otel_sparse.exporters.jsonl import METRICS_FILE_NAME, JsonlMetricExporter
+from otel_sparse.exporters.otlp import make_otlp_exporter
+from otel_sparse.exporters.otlp_json_file import OTLP_FILE_NAME, OtlpJsonFileExporter
+
+LOCAL_EXPORTERS = frozenset({"jsonl", "otlp_file"})
+"""Exporters that write local files: ``flush()`` waits for them, never for the network."""
+
+__all__ = [
+    "LOCAL_EXPORTERS",
+    "JsonlMetricExporter",
+    "OtlpJsonFileExporter",
+    "build_exporter",
+]
+
+
+def build_exporter(
+    name: str, log_path: str, file_suffix: str, otlp_file: str | None = None
+) -> MetricExporter:
+    """The exporter called ``name`` for a logger writing under ``log_path``."""
+    if name == "jsonl":
+        base, ext = os.path.splitext(METRICS_FILE_NAME)
+        return JsonlMetricExporter(os.path.join(log_path, base + file_suffix + ext))
+    if name == "otlp_file":
+        if otlp_file is None:
+            base, ext = os.path.splitext(OTLP_FILE_NAME)
+            otlp_file = os.path.join(log_path, base + file_suffix + ext)
+        return OtlpJsonFileExporter(otlp_file)
+    if name == "otlp":
+        return make_otlp_exporter()
+    if name == "console":
+        return ConsoleMetricExporter(out=sys.stderr)
+    raise ValueError(f"unknown exporter {name!r}")

@@ -1,0 +1,494 @@
+"""``MicroMetricLogger``: sparse-attention-hub's API, with OpenTelemetry underneath.
+
+The hot path lives here and only here. ``log()`` checks, stamps and appends one ``LogEvent``
+under a lock; it does no I/O, no JSON, no OTel SDK call and no GPU synchronisation. Full
+batches go to the background ``Pipeline`` in O(1); everything else (event file, aggregation,
+OTel data model, exporters) happens there.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import random
+import sys
+import threading
+import time
+import weakref
+from collections import deque
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from types import CodeType, FrameType
+from typing import Any, ClassVar
+
+from otel_sparse._instruments import InstrumentKind, MetricSpec, make_spec
+from otel_sparse._values import Refusal, capture
+from otel_sparse.config import Settings, parse_exporters
+from otel_sparse.event import LogEvent
+from otel_sparse.pipeline import DropCounter, Pipeline
+
+_logger = logging.getLogger("otel_sparse")
+
+QUEUE_MAXLEN = 10000
+"""``log_queue.maxlen``, as in the old API; a batch is handed over before it could overflow."""
+
+_now = datetime.now
+_getframe = sys._getframe
+_live_loggers: weakref.WeakSet[MicroMetricLogger] = weakref.WeakSet()
+
+
+def _new_queue() -> deque[LogEvent]:
+    return deque(maxlen=QUEUE_MAXLEN)
+
+
+class MicroMetricLogger:
+    """Singleton logger for micro metrics; a drop-in for sparse_attention_hub's.
+
+    Example:
+        >>> from otel_sparse import MicroMetricLogger
+        >>> MicroMetricLogger.register_metric("research_attention_density", float)
+        >>> logger = MicroMetricLogger(log_path="/tmp/run", enabled_metrics="all")  # doctest: +SKIP
+        >>> logger.log("research_attention_density", 0.25, {"layer_idx": 3})  # doctest: +SKIP
+    """
+
+    _instance: ClassVar[MicroMetricLogger | None] = None
+    _initialized: ClassVar[bool] = False
+    _registered_metrics: ClassVar[dict[str, type]] = {}
+    _metric_specs: ClassVar[dict[str, MetricSpec]] = {}
+    """Registration options beyond the dtype; consulted only while the dtype still matches."""
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> MicroMetricLogger:
+        if cls._instance is None:
+            cls._instance = super().__new__(cls)
+        return cls._instance
+
+    def __init__(
+        self,
+        log_path: str | None = None,
+        flush_every: int = 1000,
+        flush_interval: float = 60.0,
+        enabled_metrics: list[str] | set[str] | str | None = None,
+        max_records: int | None = None,
+        sampling_factor: float = 1.0,
+        *,
+        exporters: Sequence[str] | None = None,
+    ) -> None:
+        """Args:
+            log_path: folder of ``micro_metrics.jsonl`` (and ``metrics.jsonl``); None: no logging.
+            flush_every: queued events that trigger a hand-off to the background writer.
+            flush_interval: kept for compatibility; events wait at most
+                ``min(flush_interval, OTEL_SPARSE_WRITE_DELAY)`` seconds before being written.
+            enabled_metrics: ``"all"`` or a list/set of registered identifiers.
+            max_records: stop recording after this many events (None: no limit).
+            sampling_factor: probability of keeping each event, clamped to [0, 1].
+            exporters: metric exporters (``jsonl``, ``otlp``, ``otlp_file``, ``console``);
+                default from ``OTEL_SPARSE_EXPORTERS``, else ``jsonl``.
+        """
+        if MicroMetricLogger._initialized and getattr(self, "_ready", False):
+            if self.log_path and log_path and self.log_path != log_path:
+                print(f"Warning: MicroMetricLogger already initialized with log_path: {self.log_path}")
+            return
+        pipeline: Pipeline | None = getattr(self, "_pipeline", None)
+        if pipeline is not None:  # _initialized was reset on a live instance: start over
+            pipeline.close()
+        self._lock = threading.Lock()
+        self._rng = random.Random()  # never the global generator: the researcher's stream stays theirs
+        self._warned: set[tuple[str, Any]] = set()
+        self._drops = DropCounter()
+        self._locations: dict[CodeType, str] = {}
+        self._pipeline = None
+        self._exporters = None if exporters is None else parse_exporters(",".join(exporters))
+        self._total = 0
+        self._is_fork_child = False
+        self.flush_every = flush_every
+        self.flush_interval = flush_interval
+        self.log_queue: deque[LogEvent] = _new_queue()
+        self.enabled_metrics = set()
+        self.last_flush_time = time.time()
+        self.max_records = max_records
+        self.sampling_factor = _clamp_sampling(sampling_factor)
+        self._log_path: str | None = None
+        self._ready = True
+        _live_loggers.add(self)
+        if log_path is not None:
+            self.log_path = log_path
+            self.enable_metrics(enabled_metrics)
+        MicroMetricLogger._initialized = True
+
+    # -- registration (class level, usable before any instance exists) ------------------
+
+    @classmethod
+    def register_metric(
+        cls,
+        identifier: str,
+        dtype: type,
+        *,
+        kind: InstrumentKind | str | None = None,
+        unit: str = "1",
+        description: str = "",
+        boundaries: Sequence[float] | None = None,
+        attributes: Sequence[str] = (),
+    ) -> None:
+        """Register an identifier and its dtype; keywords describe its OTel instrument.
+
+        Args:
+            identifier: the name researchers log under.
+            dtype: ``float``/``int`` become histograms; ``str`` and others stay in the event file.
+            kind: ``histogram``, ``counter``, ``up_down_counter``, ``gauge`` or ``events_only``.
+            unit: UCUM unit, ``"1"`` for ratios, ``"s"`` for seconds.
+            description: shown by backends next to the metric.
+            boundaries: histogram bucket bounds (default: fine-grained over [0, 1]).
+            attributes: metadata keys, beyond layer/head, that become attributes.
+
+        Raises:
+            ValueError: options that cannot describe an instrument (at registration, never
+                later inside ``log()``).
+        """
+        spec = make_spec(identifier, dtype, kind=kind, unit=unit, description=description,
+                         boundaries=boundaries, attributes=attributes)
+        if identifier in cls._registered_metrics:
+            print(f"Warning: Metric '{identifier}' is being re-registered")
+        cls._registered_metrics[identifier] = dtype
+        cls._metric_specs[identifier] = spec
+        instance = cls._instance
+        if instance is not None and instance._pipeline is not None:
+            if identifier in instance.enabled_metrics:
+                instance._pipeline.enable(spec)
+
+    @classmethod
+    def get_registered_metrics(cls) -> dict[str, type]:
+        """A copy of the identifier -> dtype mapping."""
+        return cls._registered_metrics.copy()
+
+    @classmethod
+    def _spec_for(cls, identifier: str) -> MetricSpec | None:
+        dtype = cls._registered_metrics.get(identifier)
+        if dtype is None:
+            return None
+        spec = cls._metric_specs.get(identifier)
+        if spec is None or spec.dtype is not dtype:
+            spec = make_spec(identifier, dtype)
+        return spec
+
+    # -- enabling ------------------------------------------------------------------------
+
+    @property
+    def enabled_metrics(self) -> set[str]:
+        """The identifiers ``log()`` records (a plain set, as in the old API)."""
+        return self._enabled
+
+    @enabled_metrics.setter
+    def enabled_metrics(self, metrics: set[str]) -> None:
+        self._enabled = metrics
+        # A bound C method: the disabled check costs an attribute load and a set lookup.
+        self.is_metric_enabled = metrics.__contains__  # type: ignore[method-assign]
+        self._sync_specs()
+
+    def enable_metrics(self, metrics: list[str] | set[str] | str | None = None) -> None:
+        """Enable ``"all"`` registered metrics, or those of a list/set; None enables nothing."""
+        registered = self._registered_metrics
+        if isinstance(metrics, str) and metrics == "all":
+            self.enabled_metrics = set(registered)
+        elif isinstance(metrics, (list, set)):
+            try:
+                wanted = set(metrics)
+            except TypeError:
+                wanted = {m for m in metrics if _hashable(m)}
+                _logger.warning("otel_sparse: enable_metrics ignored unhashable entries")
+            invalid = wanted - set(registered)
+            if invalid:
+                print(f"Warning: Attempting to enable unregistered metrics: {invalid}")
+            self.enabled_metrics = wanted & set(registered)
+        else:
+            self.enabled_metrics = set()
+
+    def is_metric_enabled(self, identifier: str) -> bool:
+        """Whether ``identifier`` is enabled (rebound per instance to the set's lookup)."""
+        return identifier in self._enabled
+
+    def get_enabled_metrics(self) -> set[str]:
+        """A copy of the enabled identifiers."""
+        return self._enabled.copy()
+
+    def _sync_specs(self) -> None:
+        pipeline = getattr(self, "_pipeline", None)
+        if pipeline is None:
+            return
+        for identifier in self._enabled:
+            spec = self._spec_for(identifier)
+            if spec is not None:
+                pipeline.enable(spec)
+
+    # -- logging: the hot path -----------------------------------------------------------
+
+    def log(self, identifier: str, value: Any, metadata: dict[str, Any] | None = None) -> None:
+        """Record one value. Cost: a set lookup, a frame lookup, one LogEvent, a locked append.
+
+        Tensors are cloned on their own device (never read back to the host here); host
+        copies happen in the background writer, batched.
+        """
+        try:
+            if identifier not in self._enabled or self._log_path is None:
+                self._not_logged(identifier)
+                return
+            if self.max_records is not None and self._total >= self.max_records:
+                self._drops.add("max_records", identifier,
+                                why=f"max_records={self.max_records} reached")
+                return
+            sampling = self.sampling_factor
+            if sampling < 1.0 and self._rng.random() >= sampling:
+                self._drops.add("sampling", identifier,
+                                why=f"sampling_factor={sampling} keeps a random share of events")
+                return
+            tp = type(value)
+            if tp is not float and tp is not int and value is not None:
+                value = self._capture(identifier, value, metadata)
+                if value is _SKIP:
+                    return
+            code = _getframe(1).f_code
+            location = self._locations.get(code)
+            if location is None:
+                location = self._locate(_getframe(1))
+            event = LogEvent(_now(), identifier, value, metadata or {}, location)
+            with self._lock:
+                if self.max_records is not None and self._total >= self.max_records:
+                    return  # another thread took the last slot
+                self._total += 1
+                queue = self.log_queue
+                queue.append(event)
+                n = len(queue)
+                if n >= self.flush_every or n >= QUEUE_MAXLEN:
+                    self._hand_off()
+        except Exception as exc:  # a metrics library must never raise into a forward pass
+            self._internal_error(identifier, exc)
+
+    def _capture(self, identifier: str, value: Any, metadata: dict[str, Any] | None) -> Any:
+        ndim = getattr(value, "ndim", None)
+        if isinstance(ndim, int) and ndim > 0 and isinstance(metadata, dict):
+            clash = ("head", "head_idx") if ndim == 1 else ("layer", "layer_idx", "head", "head_idx")
+            named = [k for k in clash if k in metadata]
+            if named:
+                self._drops.add(
+                    "tensor_metadata_clash", identifier,
+                    why=f"a tensor of {ndim} dimension(s) already spans {named}; log a "
+                        f"[heads] tensor with only the layer in metadata, or a scalar per head",
+                )
+                return _SKIP
+        captured = capture(value)
+        if isinstance(captured, Refusal):
+            self._drops.add(captured.code, identifier, why=captured.why)
+            return _SKIP
+        return captured
+
+    def _locate(self, frame: FrameType) -> str:
+        code = frame.f_code
+        module = frame.f_globals.get("__name__", "unknown")
+        location = f"{module}.{code.co_qualname}"
+        self._locations[code] = location
+        return location
+
+    def _hand_off(self) -> None:
+        """Give the full queue to the writer. Caller holds ``_lock``. O(1)."""
+        batch = self.log_queue
+        self.log_queue = _new_queue()
+        self.last_flush_time = time.time()
+        self._pipeline_or_start().submit(batch)
+
+    def _not_logged(self, identifier: Any) -> None:
+        if self._log_path is None:
+            key = ("no_path", identifier)
+            message = (f"Warning: Cannot log metric '{identifier}' - log_path not defined. "
+                       "Use configure_logging() first.")
+        else:
+            key = ("disabled", identifier)
+            message = f"Warning: Attempting to log metric '{identifier}' which is not enabled"
+        if not _hashable(identifier):
+            key = (key[0], repr(identifier))
+        if key not in self._warned:  # once per id per logger: the old code printed every call
+            self._warned.add(key)
+            print(message)
+
+    def _internal_error(self, identifier: Any, exc: Exception) -> None:
+        self._drops.add("internal_error", str(identifier)[:200],
+                        why=f"{type(exc).__name__}: {exc}")
+
+    # -- configuration after construction ------------------------------------------------
+
+    @property
+    def log_path(self) -> str | None:
+        """Folder of the event file; setting it creates the folder and starts the writer."""
+        return self._log_path
+
+    @log_path.setter
+    def log_path(self, path: str | None) -> None:
+        if path == self._log_path and (path is None or self._pipeline is not None):
+            return
+        if self._pipeline is not None:
+            self._pipeline.close()
+            self._pipeline = None
+        self._log_path = path
+        if path is not None:
+            os.makedirs(path, exist_ok=True)
+            self._pipeline_or_start()
+
+    def configure_logging(
+        self,
+        log_path: str,
+        enabled_metrics: list[str] | set[str] | str | None = None,
+        max_records: int | None = None,
+        sampling_factor: float = 1.0,
+        *,
+        exporters: Sequence[str] | None = None,
+    ) -> None:
+        """Set the path (creating it), enable metrics, set both limits, reset the total."""
+        if exporters is not None:
+            wanted = parse_exporters(",".join(exporters))
+            if wanted != self._exporters and self._pipeline is not None:
+                self._pipeline.close()
+                self._pipeline = None
+            self._exporters = wanted
+        self.log_path = log_path
+        self.enable_metrics(enabled_metrics)
+        with self._lock:
+            self.max_records = max_records
+            self.sampling_factor = _clamp_sampling(sampling_factor)
+            self._total = 0
+
+    def is_logging_configured(self) -> bool:
+        """Whether a log path is set."""
+        return self._log_path is not None
+
+    def get_total_records_logged(self) -> int:
+        """Events recorded since construction or the last ``configure_logging``."""
+        return self._total
+
+    def is_max_records_reached(self) -> bool:
+        """Whether ``max_records`` events have been recorded."""
+        return self.max_records is not None and self._total >= self.max_records
+
+    def get_records_remaining(self) -> int | None:
+        """Events left before ``max_records``; None without a limit."""
+        if self.max_records is None:
+            return None
+        return max(0, self.max_records - self._total)
+
+    def get_sampling_factor(self) -> float:
+        """The share of events kept."""
+        return self.sampling_factor
+
+    def get_max_records(self) -> int | None:
+        """The record limit, or None."""
+        return self.max_records
+
+    # -- flushing ------------------------------------------------------------------------
+
+    def flush(self) -> None:
+        """Write every queued event now (synchronously) and export the local metric files."""
+        self.last_flush_time = time.time()
+        if self._log_path is None:
+            return
+        with self._lock:
+            queue = self.log_queue
+            batch = list(queue)
+            queue.clear()
+        self._pipeline_or_start().write_now(batch)
+
+    def close(self) -> None:
+        """Flush, export a last time and stop the background threads (restart on next use)."""
+        if not getattr(self, "_ready", False):
+            return
+        if self._log_path is not None:
+            self.flush()
+        pipeline, self._pipeline = self._pipeline, None
+        if pipeline is not None:
+            pipeline.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # never raise from a finaliser, e.g. at interpreter exit
+            pass
+
+    def _pipeline_or_start(self) -> Pipeline:
+        pipeline = self._pipeline
+        if pipeline is None:
+            assert self._log_path is not None
+            settings = Settings.from_env(exporters=self._exporters)
+            pipeline = Pipeline(self, self._log_path, settings, self._drops,
+                                is_fork_child=self._is_fork_child)
+            self._pipeline = pipeline
+            self._sync_specs()
+        return pipeline
+
+    def _take_stale_queue(self, max_age_s: float) -> deque[LogEvent] | None:
+        """Called by the writer: the queue, if its oldest event waited ``max_age_s``."""
+        max_age_s = min(max_age_s, self.flush_interval)
+        with self._lock:
+            queue = self.log_queue
+            if not queue or (_now() - queue[0].timestamp).total_seconds() < max_age_s:
+                return None
+            self.log_queue = _new_queue()
+            self.last_flush_time = time.time()
+            return queue
+
+    def _after_fork_in_child(self) -> None:
+        """A forked child (DataLoader worker) starts clean: the parent writes its own events."""
+        self._lock = threading.Lock()
+        self._rng = random.Random()
+        self._drops = DropCounter()
+        self._is_fork_child = True
+        self.log_queue = _new_queue()
+        self._pipeline = None  # its threads did not survive the fork; the parent owns its data
+        if self._log_path is not None:
+            self._pipeline_or_start()
+
+
+_SKIP = object()
+
+
+def _clamp_sampling(value: float) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        _logger.warning("otel_sparse: sampling_factor=%r is not a number; using 1.0", value)
+        return 1.0
+    if number != number:
+        _logger.warning("otel_sparse: sampling_factor is NaN; using 1.0")
+        return 1.0
+    return max(0.0, min(1.0, number))
+
+
+def _hashable(value: Any) -> bool:
+    try:
+        hash(value)
+    except TypeError:
+        return False
+    return True
+
+
+def live_loggers() -> Iterable[MicroMetricLogger]:
+    """Every logger not yet garbage collected."""
+    return list(_live_loggers)
+
+
+def _close_all() -> None:
+    for logger in live_loggers():
+        try:
+            logger.close()
+        except Exception:
+            _logger.exception("otel_sparse: final flush failed")
+
+
+def _after_fork_in_child() -> None:
+    for logger in live_loggers():
+        logger._after_fork_in_child()
+    # multiprocessing children leave through os._exit, skipping atexit; its own finalisers run.
+    import multiprocessing.util
+
+    multiprocessing.util.Finalize(None, _close_all, exitpriority=100)
+
+
+atexit.register(_close_all)
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -1,0 +1,485 @@
+"""The background side of one logger: event file, aggregation, OTel MetricsData, exporters.
+
+One writer thread per logger takes the batches ``log()`` handed over, writes them to the
+event file, folds their values into the Aggregator, and every export interval turns the
+aggregate into standard OTel ``MetricsData`` for standard push ``MetricExporter``s. Each
+exporter runs on its own thread behind a bounded slot, so a slow or dead collector delays
+neither the event file nor the training loop. The writer holds its logger only weakly:
+garbage collection of the logger still flushes, as the old API promised.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+import weakref
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+from opentelemetry.sdk.metrics.export import (
+    MetricExporter,
+    MetricExportResult,
+    MetricsData,
+    ResourceMetrics,
+    ScopeMetrics,
+)
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+
+from otel_sparse._version import __version__
+from otel_sparse._instruments import (
+    AttributeKey,
+    InstrumentKind,
+    MetricSpec,
+    attribute_key,
+    instrument_name,
+)
+from otel_sparse._values import HostValues
+from otel_sparse.aggregator import Aggregator
+from otel_sparse.config import Settings
+from otel_sparse.event import LogEvent
+from otel_sparse.exporters import LOCAL_EXPORTERS, build_exporter
+from otel_sparse.exporters.events import EVENT_FILE_NAME, EventFileWriter, encode_event
+from otel_sparse.resource import ProcessIdentity
+
+_logger = logging.getLogger("otel_sparse")
+
+_SCOPE = InstrumentationScope("otel_sparse", __version__)
+_POLL_S = 0.001  # how often a flush re-checks an unfinished device-to-host copy
+
+# The library's own counters, exported beside the user's metrics.
+EVENTS_LOGGED = MetricSpec("events.logged", int, InstrumentKind.COUNTER, unit="{event}",
+                           description="Events written by otel_sparse, per metric")
+EVENTS_DROPPED = MetricSpec("events.dropped", int, InstrumentKind.COUNTER, unit="{event}",
+                            description="Events or values otel_sparse dropped, per reason")
+EXPORT_FAILURES = MetricSpec("export.failures", int, InstrumentKind.COUNTER, unit="{export}",
+                             description="Failed exports, per exporter")
+_OWN_NAMESPACE = "otel_sparse"
+
+
+class QueueOwner(Protocol):
+    """What the writer needs from its logger: the events that waited too long."""
+
+    def _take_stale_queue(self, max_age_s: float) -> deque[LogEvent] | None: ...
+
+
+@dataclass
+class DropCounter:
+    """Counts dropped data per (reason, metric) and says so once per reason via logging."""
+
+    counts: dict[tuple[str, str], int] = field(default_factory=dict)
+    _reported: set[str] = field(default_factory=set)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def add(self, reason: str, metric: str, n: int = 1, why: str | None = None) -> None:
+        """Count ``n`` drops; the first drop of a reason is reported through logging."""
+        key = (reason, metric)
+        with self._lock:
+            self.counts[key] = self.counts.get(key, 0) + n
+            first = reason not in self._reported
+            if first:
+                self._reported.add(reason)
+        if first:
+            _logger.warning(
+                "otel_sparse: dropping data (reason=%s, metric=%r)%s; counted in "
+                "otel_sparse.events.dropped, reported once per reason",
+                reason, metric, f": {why}" if why else "",
+            )
+
+    def snapshot(self) -> dict[tuple[str, str], int]:
+        """A copy of the counts."""
+        with self._lock:
+            return dict(self.counts)
+
+
+class ExportWorker:
+    """One exporter on its own daemon thread, fed through a bounded slot.
+
+    With cumulative temporality the slot holds only the newest snapshot: an older one is
+    superseded, not lost. With delta every snapshot matters, so the slot is a bounded queue
+    and an overflow is counted as a drop.
+    """
+
+    def __init__(
+        self, name: str, exporter: MetricExporter, timeout_s: float, cumulative: bool,
+        drops: DropCounter,
+    ) -> None:
+        self.name = name
+        self.exporter = exporter
+        self.local = name in LOCAL_EXPORTERS
+        self._timeout_s = timeout_s
+        self._cumulative = cumulative
+        self._drops = drops
+        self._slot: deque[MetricsData] = deque(maxlen=1 if cumulative else 64)
+        self._cond = threading.Condition()
+        self._busy = False
+        self._closing = False
+        self.failures = 0
+        self._failing = False
+        self._thread: threading.Thread | None = None
+
+    def offer(self, data: MetricsData) -> None:
+        """Queue a snapshot for export; never blocks."""
+        with self._cond:
+            if not self._cumulative and len(self._slot) == self._slot.maxlen:
+                self._drops.add("export_queue_full", self.name,
+                                why=f"exporter {self.name} is slower than the export interval")
+            self._slot.append(data)
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name=f"otel-sparse-export-{self.name}", daemon=True
+                )
+                self._thread.start()
+            self._cond.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._slot and not self._closing:
+                    self._cond.wait()
+                if not self._slot:
+                    return
+                data = self._slot.popleft()
+                self._busy = True
+            try:
+                self.export_now(data)
+            finally:
+                with self._cond:
+                    self._busy = False
+                    self._cond.notify_all()
+
+    def export_now(self, data: MetricsData) -> bool:
+        """Export on the calling thread; True on success. Never raises."""
+        try:
+            result = self.exporter.export(data, timeout_millis=self._timeout_s * 1000)
+            ok = result is MetricExportResult.SUCCESS
+            error = "returned FAILURE"
+        except Exception as exc:
+            ok, error = False, f"{type(exc).__name__}: {exc}"
+        if ok:
+            if self._failing:
+                _logger.warning("otel_sparse: exporter %s recovered", self.name)
+            self._failing = False
+        else:
+            self.failures += 1
+            if not self._failing:
+                _logger.warning(
+                    "otel_sparse: exporter %s failed (%s); retrying every interval, failures "
+                    "counted in otel_sparse.export.failures (reported again after recovery)",
+                    self.name, error,
+                )
+            self._failing = True
+        return ok
+
+    def wait_idle(self, timeout_s: float) -> bool:
+        """Wait until every offered snapshot is exported; False on timeout."""
+        deadline = time.monotonic() + timeout_s
+        with self._cond:
+            while self._slot or self._busy:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cond.wait(left)
+        return True
+
+    def close(self, timeout_s: float) -> None:
+        """Export what is queued (within ``timeout_s``), then shut the exporter down."""
+        self.wait_idle(timeout_s)
+        with self._cond:
+            self._closing = True
+            self._slot.clear()
+            self._cond.notify_all()
+        try:
+            self.exporter.shutdown(timeout_millis=max(1.0, timeout_s * 1000))
+        except Exception as exc:
+            _logger.warning("otel_sparse: exporter %s failed to shut down: %s", self.name, exc)
+
+
+class Pipeline:
+    """Writer thread, aggregator and exporters of one logger."""
+
+    def __init__(
+        self,
+        owner: QueueOwner,
+        log_path: str,
+        settings: Settings,
+        drops: DropCounter,
+        is_fork_child: bool = False,
+    ) -> None:
+        self._owner_ref: Callable[[], QueueOwner | None] = weakref.ref(owner)
+        self.settings = settings
+        self.drops = drops
+        self.identity = ProcessIdentity.current()
+        self.resource: Resource = self.identity.resource()
+        suffix = self.identity.file_suffix(is_fork_child)
+        base, ext = os.path.splitext(EVENT_FILE_NAME)
+        self.event_file = EventFileWriter(os.path.join(log_path, base + suffix + ext))
+        self.specs: dict[str, MetricSpec] = {}
+        """Identifier -> spec for every metric ever enabled on this logger."""
+        self._names: dict[str, str] = {}
+        self.aggregator = Aggregator(settings.max_series, settings.temporality, time.time_ns())
+        self._pending: deque[deque[LogEvent]] = deque()
+        self._pending_events = 0
+        self._pending_lock = threading.Lock()
+        self._logged: dict[str, int] = {}
+        self._column_keys: dict[tuple[AttributeKey, tuple[int, ...]], list[AttributeKey]] = {}
+        self._write_lock = threading.RLock()
+        self._stop = threading.Event()
+        self._event_file_failing = False
+        self.workers = [
+            ExportWorker(
+                name,
+                build_exporter(name, log_path, suffix, settings.otlp_file),
+                settings.export_timeout_s,
+                settings.temporality == "cumulative",
+                drops,
+            )
+            for name in settings.exporters
+        ]
+        self._next_export = time.monotonic() + settings.export_interval_s
+        self._thread = threading.Thread(target=self._run, name="otel-sparse-writer", daemon=True)
+        self._thread.start()
+
+    # -- called from the facade -------------------------------------------------------
+
+    def submit(self, batch: deque[LogEvent]) -> None:
+        """Hand a full batch to the writer. O(1); never blocks, never does I/O."""
+        with self._pending_lock:
+            if self._pending_events + len(batch) > self.settings.max_pending_events:
+                overflow = True
+            else:
+                overflow = False
+                self._pending_events += len(batch)
+                self._pending.append(batch)
+        if overflow:
+            self.drops.add("queue_overflow", "*", len(batch),
+                           why="the writer is behind by more than OTEL_SPARSE_MAX_PENDING_EVENTS")
+
+    def enable(self, spec: MetricSpec) -> None:
+        """Make ``spec`` the way its identifier is exported from now on."""
+        self.specs[spec.identifier] = spec
+        self._names[spec.identifier] = instrument_name(self.settings.namespace, spec.identifier)
+
+    def write_now(self, batch: deque[LogEvent] | None = None, export: bool = True) -> None:
+        """Write every pending batch (and ``batch``) synchronously; then export local files."""
+        with self._write_lock:
+            if batch:
+                self.submit(batch)
+            self._drain()
+            if export:
+                self._export(wait_local=True)
+
+    def close(self) -> None:
+        """Final write and export; stops the threads. Waits at most the shutdown timeout."""
+        self._stop.set()
+        if threading.current_thread() is not self._thread:
+            self._thread.join(timeout=self.settings.shutdown_timeout_s)
+        with self._write_lock:
+            self._drain()
+            self._export(wait_local=False)
+            deadline = time.monotonic() + self.settings.shutdown_timeout_s
+            for worker in self.workers:
+                worker.close(max(0.05, deadline - time.monotonic()))
+
+    # -- the writer thread --------------------------------------------------------------
+
+    def _run(self) -> None:
+        tick = min(0.25, self.settings.write_delay_s / 4)
+        while not self._stop.wait(tick):
+            owner = self._owner_ref()
+            if owner is None:
+                return
+            try:
+                stale = owner._take_stale_queue(self.settings.write_delay_s)
+                del owner
+                with self._write_lock:
+                    if stale:
+                        self.submit(stale)
+                    self._drain()
+                    if time.monotonic() >= self._next_export:
+                        self._export(wait_local=False)
+            except Exception:  # the writer must outlive any bug in one batch
+                _logger.exception("otel_sparse: background writer error (continuing)")
+
+    def _drain(self) -> None:
+        while self._pending:
+            with self._pending_lock:
+                batch = self._pending.popleft()
+                self._pending_events -= len(batch)
+            self._write_batch(list(batch))
+
+    def _write_batch(self, events: list[LogEvent]) -> None:
+        array_at = [i for i, ev in enumerate(events)
+                    if type(ev.value) not in (float, int) and hasattr(ev.value, "shape")]
+        host: list[np.ndarray | None] = []
+        errors: dict[int, str] = {}
+        if array_at:
+            values = HostValues([events[i].value for i in array_at])
+            while not values.ready():
+                time.sleep(_POLL_S)
+            host = values.arrays()
+            errors = values.errors
+        host_by_event = dict(zip(array_at, host))
+        lines: list[str] = []
+        blocks: dict[tuple[str, AttributeKey, tuple[int, ...]], list[np.ndarray]] = {}
+        for i, ev in enumerate(events):
+            value = ev.value
+            if i in host_by_event:
+                array = host_by_event[i]
+                if array is None:
+                    why = errors.get(array_at.index(i), "unreadable tensor")
+                    self.drops.add("unreadable_tensor", ev.metric, why=why)
+                    lines.append(encode_event(ev, None))
+                    continue
+                lines.append(encode_event(ev, array.tolist()))
+                self._aggregate_array(ev, array, blocks)
+            else:
+                lines.append(encode_event(ev, value))
+                self._aggregate_scalar(ev, value)
+            self._logged[ev.metric] = self._logged.get(ev.metric, 0) + 1
+        for (metric, key, shape), arrays in blocks.items():
+            self._record_block(metric, key, shape, arrays)
+        self._write_lines(lines)
+
+    def _write_lines(self, lines: list[str]) -> None:
+        try:
+            self.event_file.write(lines)
+        except OSError as exc:
+            self.drops.add("event_file_error", "*", len(lines),
+                           why=f"cannot write {self.event_file.path}: {exc}")
+            self._event_file_failing = True
+            return
+        if self._event_file_failing:
+            self._event_file_failing = False
+            _logger.warning("otel_sparse: writing %s again", self.event_file.path)
+
+    def _spec_and_key(self, ev: LogEvent) -> tuple[MetricSpec, AttributeKey] | None:
+        spec = self.specs.get(ev.metric)
+        if spec is None or spec.kind is InstrumentKind.EVENTS_ONLY:
+            return None
+        metadata = ev.metadata
+        if not isinstance(metadata, dict):
+            self.drops.add("invalid_metadata", ev.metric,
+                           why=f"metadata must be a dict, got {type(metadata).__name__}")
+            return spec, ()
+        key, refused = attribute_key(spec, metadata)
+        if refused:
+            self.drops.add("invalid_attribute", ev.metric,
+                           why=f"attribute values of {refused} are not str/int/float/bool")
+        return spec, key
+
+    def _aggregate_scalar(self, ev: LogEvent, value: Any) -> None:
+        found = self._spec_and_key(ev)
+        if found is None:
+            return
+        spec, key = found
+        tp = type(value)
+        if tp is not float and tp is not int:
+            self.drops.add("invalid_value", ev.metric,
+                           why=f"metric values must be numbers, got {tp.__name__}")
+            return
+        number = float(value)
+        if number - number != 0.0:  # NaN or +-inf
+            self.drops.add("non_finite", ev.metric, why="NaN/inf values are kept in the "
+                           "event file but cannot enter a histogram sum")
+            return
+        if spec.kind is InstrumentKind.COUNTER and number < 0:
+            self.drops.add("negative_counter", ev.metric, why="counters only go up")
+            return
+        self.aggregator.record(self._names[ev.metric], spec, key, number)
+
+    def _aggregate_array(
+        self,
+        ev: LogEvent,
+        array: np.ndarray,
+        blocks: dict[tuple[str, AttributeKey, tuple[int, ...]], list[np.ndarray]],
+    ) -> None:
+        found = self._spec_and_key(ev)
+        if found is None:
+            return
+        _, key = found
+        if array.dtype.kind not in "iuf":
+            self.drops.add("invalid_value", ev.metric,
+                           why=f"tensor values must be real numbers, got dtype {array.dtype}")
+            return
+        blocks.setdefault((ev.metric, key, array.shape), []).append(array)
+
+    def _record_block(
+        self, metric: str, key: AttributeKey, shape: tuple[int, ...], arrays: list[np.ndarray]
+    ) -> None:
+        spec = self.specs[metric]
+        values = np.stack(arrays).astype(np.float64, copy=False).reshape(len(arrays), -1)
+        if values.shape[1] == 0:
+            return
+        keys = self._column_keys.get((key, shape))
+        if keys is None:
+            keys = self._column_keys[(key, shape)] = _column_keys(key, shape)
+        skipped = self.aggregator.record_columns(self._names[metric], spec, keys, values)
+        if skipped:
+            self.drops.add("non_finite", metric, skipped,
+                           why="NaN/inf values are kept in the event file but cannot enter a sum")
+
+    def _export(self, wait_local: bool) -> None:
+        self._next_export = time.monotonic() + self.settings.export_interval_s
+        if not self.workers:
+            return
+        for name, limit in self.aggregator.overflow_events:
+            _logger.warning(
+                "otel_sparse: metric %s has more than %d attribute sets; further points go to "
+                "the series otel.metric.overflow=\"true\" (counted)", name, limit,
+            )
+        self.aggregator.overflow_events.clear()
+        data = self.collect()
+        for worker in self.workers:
+            worker.offer(data)
+        if wait_local:
+            for worker in self.workers:
+                if worker.local:
+                    worker.wait_idle(self.settings.export_timeout_s)
+
+    def collect(self) -> MetricsData:
+        """Snapshot the aggregate and the library's own counters as OTel MetricsData."""
+        now = time.time_ns()
+        own = Aggregator(start_ns=self.aggregator.start_ns)
+        for metric, n in self._logged.items():
+            own.record(f"{_OWN_NAMESPACE}.{EVENTS_LOGGED.identifier}", EVENTS_LOGGED,
+                       (("metric", metric),), n)
+        for (reason, metric), n in self.drops.snapshot().items():
+            own.record(f"{_OWN_NAMESPACE}.{EVENTS_DROPPED.identifier}", EVENTS_DROPPED,
+                       (("metric", metric), ("reason", reason)), n)
+        for identifier, name in self._names.items():
+            overflowed = self.aggregator.overflowed_points(name)
+            if overflowed:
+                own.record(f"{_OWN_NAMESPACE}.{EVENTS_DROPPED.identifier}", EVENTS_DROPPED,
+                           (("metric", identifier), ("reason", "cardinality_overflow")),
+                           overflowed)
+        for worker in self.workers:
+            if worker.failures:
+                own.record(f"{_OWN_NAMESPACE}.{EXPORT_FAILURES.identifier}", EXPORT_FAILURES,
+                           (("exporter", worker.name),), worker.failures)
+        metrics = self.aggregator.collect(now) + own.collect(now)
+        return MetricsData(resource_metrics=[
+            ResourceMetrics(
+                resource=self.resource,
+                scope_metrics=[ScopeMetrics(scope=_SCOPE, metrics=metrics, schema_url="")],
+                schema_url="",
+            )
+        ])
+
+
+def _column_keys(key: AttributeKey, shape: tuple[int, ...]) -> list[AttributeKey]:
+    base = dict(key)
+    if len(shape) == 0:
+        return [key]
+    if len(shape) == 1:
+        return [tuple(sorted({**base, "head": h}.items())) for h in range(shape[0])]
+    return [
+        tuple(sorted({**base, "layer": layer, "head": h}.items()))
+        for layer in range(shape[0])
+        for h in range(shape[1])
+    ]

@@ -1,0 +1,93 @@
+"""Who is logging: run id, rank and process, as OTel resource attributes."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from opentelemetry.sdk.resources import OTELResourceDetector, Resource
+
+from otel_sparse import config
+
+_generated_run_id: str | None = None
+
+
+def new_run_id() -> str:
+    """A sortable, unique run id: ``20261124-235959-1a2b3c``."""
+    return time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(3)
+
+
+def resolve_run_id(environ: Mapping[str, str] | None = None) -> str:
+    """OTEL_SPARSE_RUN_ID, else TORCHELASTIC_RUN_ID (same on every torchrun rank), else one id
+    generated once per process (a lone process; ranks without torchrun should set the first)."""
+    global _generated_run_id
+    env = os.environ if environ is None else environ
+    for name in (config.OTEL_SPARSE_RUN_ID, config.TORCHELASTIC_RUN_ID):
+        value = env.get(name, "").strip()
+        if value:
+            return value
+    if _generated_run_id is None:
+        _generated_run_id = new_run_id()
+    return _generated_run_id
+
+
+def _int_env(env: Mapping[str, str], name: str, default: int) -> int:
+    try:
+        return int(env.get(name, "").strip() or default)
+    except ValueError:
+        return default
+
+
+@dataclass(frozen=True)
+class ProcessIdentity:
+    """Run, rank and process of the current process, read from the environment once."""
+
+    run_id: str
+    rank: int
+    world_size: int
+    local_rank: int
+    pid: int
+    instance_id: str
+    host_name: str
+
+    @classmethod
+    def current(cls, environ: Mapping[str, str] | None = None) -> ProcessIdentity:
+        """Read the identity of this process (call again after a fork: pid and id change)."""
+        env = os.environ if environ is None else environ
+        return cls(
+            run_id=resolve_run_id(env),
+            rank=_int_env(env, "RANK", 0),
+            world_size=_int_env(env, "WORLD_SIZE", 1),
+            local_rank=_int_env(env, "LOCAL_RANK", 0),
+            pid=os.getpid(),
+            instance_id=str(uuid.uuid4()),
+            host_name=socket.gethostname(),
+        )
+
+    def resource(self) -> Resource:
+        """The OTel resource: ours, overridden by OTEL_RESOURCE_ATTRIBUTES/OTEL_SERVICE_NAME."""
+        ours: dict[str, str | int] = {
+            "service.name": "otel-sparse",
+            "service.instance.id": self.instance_id,
+            "run.id": self.run_id,
+            "rank": self.rank,
+            "world.size": self.world_size,
+            "local.rank": self.local_rank,
+            "host.name": self.host_name,
+            "process.pid": self.pid,
+        }
+        from_env = dict(OTELResourceDetector().detect().attributes)
+        if from_env.get("service.name") == "unknown_service":
+            del from_env["service.name"]
+        return Resource.create({**ours, **from_env})
+
+    def file_suffix(self, is_fork_child: bool) -> str:
+        """'' for rank 0 of a lone process; ``.rank<r>.pid<pid>`` for other ranks and forks."""
+        if self.rank == 0 and not is_fork_child:
+            return ""
+        return f".rank{self.rank}.pid{self.pid}"
