@@ -31,33 +31,57 @@ from otel_sparse._instruments import (
 _OVERFLOW_KEY: AttributeKey = tuple(sorted(OVERFLOW_ATTRIBUTES.items()))
 
 
-class _HistogramState:
-    __slots__ = ("buckets", "count", "max", "min", "sum")
+class HistogramState:
+    """count, sum, min, max and bucket counts of one histogram series."""
 
-    def __init__(self, n_buckets: int) -> None:
+    __slots__ = ("bounds", "buckets", "count", "max", "min", "sum")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
         self.count = 0
         self.sum = 0.0
         self.min = math.inf
         self.max = -math.inf
-        self.buckets = [0] * n_buckets
+        self.buckets = [0] * (len(bounds) + 1)
+
+    def add(self, value: float) -> None:
+        """Add one finite value. Cost: a bisect and five attribute updates."""
+        self.count += 1
+        self.sum += value
+        if value < self.min:
+            self.min = value
+        if value > self.max:
+            self.max = value
+        self.buckets[bisect_left(self.bounds, value)] += 1
 
 
-class _SumState:
+class SumState:
+    """Running total of a counter or up-down counter series."""
+
     __slots__ = ("value",)
 
     def __init__(self) -> None:
         self.value: float = 0
 
+    def add(self, value: float) -> None:
+        """Add one value."""
+        self.value += value
 
-class _GaugeState:
-    __slots__ = ("time_ns", "value")
+
+class GaugeState:
+    """Last value of a gauge series."""
+
+    __slots__ = ("value",)
 
     def __init__(self) -> None:
         self.value: float = 0.0
-        self.time_ns = 0
+
+    def add(self, value: float) -> None:
+        """Replace the value."""
+        self.value = value
 
 
-_State = _HistogramState | _SumState | _GaugeState
+State = HistogramState | SumState | GaugeState
 
 
 class _MetricSeries:
@@ -67,17 +91,17 @@ class _MetricSeries:
 
     def __init__(self, spec: MetricSpec) -> None:
         self.spec = spec
-        self.states: dict[AttributeKey, _State] = {}
+        self.states: dict[AttributeKey, State] = {}
         self.attributes: dict[AttributeKey, dict[str, Any]] = {}
         self.overflowed = 0
 
-    def new_state(self) -> _State:
+    def new_state(self) -> State:
         kind = self.spec.kind
         if kind is InstrumentKind.HISTOGRAM:
-            return _HistogramState(len(self.spec.boundaries) + 1)
+            return HistogramState(self.spec.boundaries)
         if kind is InstrumentKind.GAUGE:
-            return _GaugeState()
-        return _SumState()
+            return GaugeState()
+        return SumState()
 
 
 class Aggregator:
@@ -99,10 +123,12 @@ class Aggregator:
         self._delta = temporality == "delta"
         self._start_ns = start_ns
         self._metrics: dict[str, _MetricSeries] = {}
+        self.generation = 0
+        """Changes whenever states are replaced (delta temporality), invalidating kept states."""
         self.overflow_events: list[tuple[str, int]] = []
         """(instrument, limit) for each instrument that overflowed since last read."""
 
-    def _state(self, name: str, spec: MetricSpec, key: AttributeKey, points: int = 1) -> _State:
+    def _state(self, name: str, spec: MetricSpec, key: AttributeKey, points: int = 1) -> State:
         series = self._metrics.get(name)
         if series is None:
             series = self._metrics[name] = _MetricSeries(spec)
@@ -127,22 +153,16 @@ class Aggregator:
         series = self._metrics.get(name)
         return series.overflowed if series else 0
 
+    def series_state(self, name: str, spec: MetricSpec, key: AttributeKey) -> State:
+        """The state of one series (created, or the overflow series past ``max_series``).
+
+        Callers may keep it and ``add()`` to it directly until ``generation`` changes.
+        """
+        return self._state(name, spec, key)
+
     def record(self, name: str, spec: MetricSpec, key: AttributeKey, value: float) -> None:
-        """Add one finite value. Cost: two dict lookups and a bisect."""
-        state = self._state(name, spec, key)
-        if type(state) is _HistogramState:
-            state.count += 1
-            state.sum += value
-            if value < state.min:
-                state.min = value
-            if value > state.max:
-                state.max = value
-            state.buckets[bisect_left(spec.boundaries, value)] += 1
-        elif type(state) is _SumState:
-            state.value += value
-        else:
-            assert isinstance(state, _GaugeState)
-            state.value = value
+        """Add one finite value to a series."""
+        self._state(name, spec, key).add(value)
 
     def record_columns(
         self, name: str, spec: MetricSpec, keys: Sequence[AttributeKey], values: np.ndarray
@@ -165,7 +185,7 @@ class Aggregator:
             bucket_counts = bucket_counts.reshape(len(keys), n_buckets)
             for j in np.flatnonzero(counts):
                 state = self._state(name, spec, keys[j], int(counts[j]))
-                assert isinstance(state, _HistogramState)
+                assert isinstance(state, HistogramState)
                 state.count += int(counts[j])
                 state.sum += float(sums[j])
                 state.min = min(state.min, float(mins[j]))
@@ -208,7 +228,7 @@ class Aggregator:
                         max=st.max,
                     )
                     for key, st in series.states.items()
-                    if isinstance(st, _HistogramState) and st.count
+                    if isinstance(st, HistogramState) and st.count
                 ]
                 if not hpoints:
                     continue
@@ -222,7 +242,7 @@ class Aggregator:
                         value=st.value,
                     )
                     for key, st in series.states.items()
-                    if isinstance(st, (_SumState, _GaugeState))
+                    if isinstance(st, (SumState, GaugeState))
                 ]
                 if not npoints:
                     continue
@@ -241,4 +261,5 @@ class Aggregator:
                     series.states.clear()
                     series.attributes.clear()
             self._start_ns = now_ns
+            self.generation += 1
         return out

@@ -9,6 +9,7 @@ OTel data model, exporters) happens there.
 from __future__ import annotations
 
 import atexit
+import itertools
 import logging
 import os
 import random
@@ -20,7 +21,9 @@ from collections import deque
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 from types import CodeType, FrameType
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
+
+from opentelemetry.sdk.metrics.export import MetricExporter
 
 from otel_sparse._instruments import InstrumentKind, MetricSpec, make_spec
 from otel_sparse._values import Refusal, capture
@@ -42,7 +45,21 @@ def _new_queue() -> deque[LogEvent]:
     return deque(maxlen=QUEUE_MAXLEN)
 
 
-class MicroMetricLogger:
+class _SingletonMeta(type):
+    """Makes ``MicroMetricLogger()`` with no arguments one attribute check, not __new__+__init__.
+
+    Researchers call ``MicroMetricLogger().log(...)`` inside attention layers, so the
+    constructor call is part of the hot path.
+    """
+
+    def __call__(cls, *args: Any, **kwargs: Any) -> Any:
+        instance = cls.__dict__.get("_instance")
+        if instance is not None and not args and not kwargs and cls._initialized:
+            return instance
+        return super().__call__(*args, **kwargs)
+
+
+class MicroMetricLogger(metaclass=_SingletonMeta):
     """Singleton logger for micro metrics; a drop-in for sparse_attention_hub's.
 
     Example:
@@ -72,7 +89,7 @@ class MicroMetricLogger:
         max_records: int | None = None,
         sampling_factor: float = 1.0,
         *,
-        exporters: Sequence[str] | None = None,
+        exporters: Sequence[str | MetricExporter] | None = None,
     ) -> None:
         """Args:
             log_path: folder of ``micro_metrics.jsonl`` (and ``metrics.jsonl``); None: no logging.
@@ -82,8 +99,9 @@ class MicroMetricLogger:
             enabled_metrics: ``"all"`` or a list/set of registered identifiers.
             max_records: stop recording after this many events (None: no limit).
             sampling_factor: probability of keeping each event, clamped to [0, 1].
-            exporters: metric exporters (``jsonl``, ``otlp``, ``otlp_file``, ``console``);
-                default from ``OTEL_SPARSE_EXPORTERS``, else ``jsonl``.
+            exporters: metric exporters: names (``jsonl``, ``otlp``, ``otlp_file``,
+                ``console``) and/or ``MetricExporter`` instances; default from
+                ``OTEL_SPARSE_EXPORTERS``, else ``jsonl``.
         """
         if MicroMetricLogger._initialized and getattr(self, "_ready", False):
             if self.log_path and log_path and self.log_path != log_path:
@@ -98,8 +116,9 @@ class MicroMetricLogger:
         self._drops = DropCounter()
         self._locations: dict[CodeType, str] = {}
         self._pipeline = None
-        self._exporters = None if exporters is None else parse_exporters(",".join(exporters))
-        self._total = 0
+        self._exporters = _ExporterChoice.parse(exporters)
+        self._seq = itertools.count()
+        self._capped_now = False
         self._is_fork_child = False
         self.flush_every = flush_every
         self.flush_interval = flush_interval
@@ -223,18 +242,17 @@ class MicroMetricLogger:
     # -- logging: the hot path -----------------------------------------------------------
 
     def log(self, identifier: str, value: Any, metadata: dict[str, Any] | None = None) -> None:
-        """Record one value. Cost: a set lookup, a frame lookup, one LogEvent, a locked append.
+        """Record one value. Cost: a set lookup, a frame lookup, one LogEvent and an append.
 
-        Tensors are cloned on their own device (never read back to the host here); host
-        copies happen in the background writer, batched.
+        Takes no lock: the record count is an ``itertools.count`` and the append is one
+        deque operation, both atomic. Tensors are cloned on their own device (never read
+        back to the host here); host copies happen in the background writer, batched.
         """
         try:
             if identifier not in self._enabled or self._log_path is None:
                 self._not_logged(identifier)
                 return
-            if self.max_records is not None and self._total >= self.max_records:
-                self._drops.add("max_records", identifier,
-                                why=f"max_records={self.max_records} reached")
+            if self.max_records is not None and self._capped(identifier):
                 return
             sampling = self.sampling_factor
             if sampling < 1.0 and self._rng.random() >= sampling:
@@ -246,26 +264,33 @@ class MicroMetricLogger:
                 value = self._capture(identifier, value, metadata)
                 if value is _SKIP:
                     return
-            code = _getframe(1).f_code
-            location = self._locations.get(code)
+            frame = _getframe(1)
+            location = self._locations.get(frame.f_code)
             if location is None:
-                location = self._locate(_getframe(1))
+                location = self._locate(frame)
             event = LogEvent(_now(), identifier, value, metadata or {}, location)
-            with self._lock:
-                if self.max_records is not None and self._total >= self.max_records:
-                    return  # another thread took the last slot
-                self._total += 1
-                queue = self.log_queue
-                queue.append(event)
-                n = len(queue)
-                if n >= self.flush_every or n >= QUEUE_MAXLEN:
-                    self._hand_off()
+            taken = next(self._seq)
+            if self.max_records is not None and taken >= self.max_records:
+                self._capped_now = True  # another thread took the last slot
+                self._capped(identifier)
+                return
+            queue = self.log_queue
+            queue.append(event)
+            if len(queue) >= self.flush_every or len(queue) >= QUEUE_MAXLEN:
+                self._hand_off(queue)
         except Exception as exc:  # a metrics library must never raise into a forward pass
             self._internal_error(identifier, exc)
 
+    def _capped(self, identifier: str) -> bool:
+        """True (and counted) once ``max_records`` events were recorded."""
+        if not self._capped_now:
+            return False
+        self._drops.add("max_records", identifier, why=f"max_records={self.max_records} reached")
+        return True
+
     def _capture(self, identifier: str, value: Any, metadata: dict[str, Any] | None) -> Any:
         ndim = getattr(value, "ndim", None)
-        if isinstance(ndim, int) and ndim > 0 and isinstance(metadata, dict):
+        if (ndim == 1 or ndim == 2) and isinstance(metadata, dict):
             clash = ("head", "head_idx") if ndim == 1 else ("layer", "layer_idx", "head", "head_idx")
             named = [k for k in clash if k in metadata]
             if named:
@@ -288,12 +313,14 @@ class MicroMetricLogger:
         self._locations[code] = location
         return location
 
-    def _hand_off(self) -> None:
-        """Give the full queue to the writer. Caller holds ``_lock``. O(1)."""
-        batch = self.log_queue
-        self.log_queue = _new_queue()
-        self.last_flush_time = time.time()
-        self._pipeline_or_start().submit(batch)
+    def _hand_off(self, queue: deque[LogEvent]) -> None:
+        """Give the full queue to the writer: a swap and an append, O(1)."""
+        with self._lock:
+            if self.log_queue is not queue:
+                return  # another thread handed it off first
+            self.log_queue = _new_queue()
+            self.last_flush_time = time.time()
+            self._pipeline_or_start().submit(queue)
 
     def _not_logged(self, identifier: Any) -> None:
         if self._log_path is None:
@@ -339,11 +366,14 @@ class MicroMetricLogger:
         max_records: int | None = None,
         sampling_factor: float = 1.0,
         *,
-        exporters: Sequence[str] | None = None,
+        exporters: Sequence[str | MetricExporter] | None = None,
     ) -> None:
-        """Set the path (creating it), enable metrics, set both limits, reset the total."""
+        """Set the path (creating it), enable metrics, set both limits, reset the total.
+
+        ``exporters`` (names and/or MetricExporter instances) replaces the metric exporters.
+        """
         if exporters is not None:
-            wanted = parse_exporters(",".join(exporters))
+            wanted = _ExporterChoice.parse(exporters)
             if wanted != self._exporters and self._pipeline is not None:
                 self._pipeline.close()
                 self._pipeline = None
@@ -353,7 +383,8 @@ class MicroMetricLogger:
         with self._lock:
             self.max_records = max_records
             self.sampling_factor = _clamp_sampling(sampling_factor)
-            self._total = 0
+            self._seq = itertools.count()
+            self._capped_now = False
 
     def is_logging_configured(self) -> bool:
         """Whether a log path is set."""
@@ -361,17 +392,18 @@ class MicroMetricLogger:
 
     def get_total_records_logged(self) -> int:
         """Events recorded since construction or the last ``configure_logging``."""
-        return self._total
+        issued = int(repr(self._seq)[6:-1])  # count(n): n numbers taken so far
+        return issued if self.max_records is None else min(issued, max(self.max_records, 0))
 
     def is_max_records_reached(self) -> bool:
         """Whether ``max_records`` events have been recorded."""
-        return self.max_records is not None and self._total >= self.max_records
+        return self.max_records is not None and self.get_total_records_logged() >= self.max_records
 
     def get_records_remaining(self) -> int | None:
         """Events left before ``max_records``; None without a limit."""
         if self.max_records is None:
             return None
-        return max(0, self.max_records - self._total)
+        return max(0, self.max_records - self.get_total_records_logged())
 
     def get_sampling_factor(self) -> float:
         """The share of events kept."""
@@ -390,9 +422,10 @@ class MicroMetricLogger:
             return
         with self._lock:
             queue = self.log_queue
-            batch = list(queue)
-            queue.clear()
-        self._pipeline_or_start().write_now(batch)
+            self.log_queue = _new_queue()
+        if queue or self._pipeline is not None:
+            # The writer pops the events from ``queue``: it is empty once this returns.
+            self._pipeline_or_start().write_now(queue)
 
     def close(self) -> None:
         """Flush, export a last time and stop the background threads (restart on next use)."""
@@ -414,9 +447,11 @@ class MicroMetricLogger:
         pipeline = self._pipeline
         if pipeline is None:
             assert self._log_path is not None
-            settings = Settings.from_env(exporters=self._exporters)
+            choice = self._exporters
+            settings = Settings.from_env(exporters=choice.names if choice else None)
             pipeline = Pipeline(self, self._log_path, settings, self._drops,
-                                is_fork_child=self._is_fork_child)
+                                is_fork_child=self._is_fork_child,
+                                extra_exporters=choice.instances if choice else ())
             self._pipeline = pipeline
             self._sync_specs()
         return pipeline
@@ -445,6 +480,27 @@ class MicroMetricLogger:
 
 
 _SKIP = object()
+
+
+class _ExporterChoice(NamedTuple):
+    """Exporters chosen in code: names resolved by the pipeline, plus ready instances."""
+
+    names: tuple[str, ...]
+    instances: tuple[MetricExporter, ...]
+
+    @classmethod
+    def parse(cls, exporters: Sequence[str | MetricExporter] | None) -> _ExporterChoice | None:
+        """Validate at configuration time; raises ValueError for unknown names."""
+        if exporters is None:
+            return None
+        if isinstance(exporters, (str, MetricExporter)):
+            exporters = [exporters]
+        names = [e for e in exporters if isinstance(e, str)]
+        instances = tuple(e for e in exporters if isinstance(e, MetricExporter))
+        odd = [e for e in exporters if not isinstance(e, (str, MetricExporter))]
+        if odd:
+            raise TypeError(f"exporters must be names or MetricExporter instances, got {odd!r}")
+        return cls(parse_exporters(",".join(names)) if names else (), instances)
 
 
 def _clamp_sampling(value: float) -> float:

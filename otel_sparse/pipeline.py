@@ -15,8 +15,8 @@ import os
 import threading
 import time
 import weakref
-from collections import deque
-from collections.abc import Callable
+from collections import Counter, deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -40,11 +40,11 @@ from otel_sparse._instruments import (
     instrument_name,
 )
 from otel_sparse._values import HostValues
-from otel_sparse.aggregator import Aggregator
+from otel_sparse.aggregator import Aggregator, State, SumState
 from otel_sparse.config import Settings
 from otel_sparse.event import LogEvent
-from otel_sparse.exporters import LOCAL_EXPORTERS, build_exporter
-from otel_sparse.exporters.events import EVENT_FILE_NAME, EventFileWriter, encode_event
+from otel_sparse.exporters import build_exporter
+from otel_sparse.exporters.events import EVENT_FILE_NAME, EventEncoder, EventFileWriter
 from otel_sparse.resource import ProcessIdentity
 
 _logger = logging.getLogger("otel_sparse")
@@ -111,7 +111,7 @@ class ExportWorker:
     ) -> None:
         self.name = name
         self.exporter = exporter
-        self.local = name in LOCAL_EXPORTERS
+        self.local = bool(getattr(exporter, "is_local", False))
         self._timeout_s = timeout_s
         self._cumulative = cumulative
         self._drops = drops
@@ -210,6 +210,7 @@ class Pipeline:
         settings: Settings,
         drops: DropCounter,
         is_fork_child: bool = False,
+        extra_exporters: Sequence[MetricExporter] = (),
     ) -> None:
         self._owner_ref: Callable[[], QueueOwner | None] = weakref.ref(owner)
         self.settings = settings
@@ -226,8 +227,12 @@ class Pipeline:
         self._pending: deque[deque[LogEvent]] = deque()
         self._pending_events = 0
         self._pending_lock = threading.Lock()
-        self._logged: dict[str, int] = {}
+        self._logged: Counter[str] = Counter()
         self._column_keys: dict[tuple[AttributeKey, tuple[int, ...]], list[AttributeKey]] = {}
+        self._retired: deque[deque[LogEvent]] = deque(maxlen=8)
+        self._encoder = EventEncoder()
+        self._series_cache: dict[str, dict[Any, State | None]] = {}
+        self._state_generation = 0
         self._write_lock = threading.RLock()
         self._stop = threading.Event()
         self._event_file_failing = False
@@ -240,6 +245,10 @@ class Pipeline:
                 drops,
             )
             for name in settings.exporters
+        ] + [
+            ExportWorker(type(exporter).__name__, exporter, settings.export_timeout_s,
+                         settings.temporality == "cumulative", drops)
+            for exporter in extra_exporters
         ]
         self._next_export = time.monotonic() + settings.export_interval_s
         self._thread = threading.Thread(target=self._run, name="otel-sparse-writer", daemon=True)
@@ -263,6 +272,7 @@ class Pipeline:
     def enable(self, spec: MetricSpec) -> None:
         """Make ``spec`` the way its identifier is exported from now on."""
         self.specs[spec.identifier] = spec
+        self._series_cache.pop(spec.identifier, None)
         self._names[spec.identifier] = instrument_name(self.settings.namespace, spec.identifier)
 
     def write_now(self, batch: deque[LogEvent] | None = None, export: bool = True) -> None:
@@ -311,37 +321,77 @@ class Pipeline:
             with self._pending_lock:
                 batch = self._pending.popleft()
                 self._pending_events -= len(batch)
-            self._write_batch(list(batch))
+            self._retired.append(batch)
+            self._write_batch(_take_all(batch))
+        for batch in self._retired:
+            if batch:  # a log() on another thread appended just as the queue was swapped
+                self._write_batch(_take_all(batch))
 
     def _write_batch(self, events: list[LogEvent]) -> None:
+        if not events:
+            return
         array_at = [i for i, ev in enumerate(events)
                     if type(ev.value) not in (float, int) and hasattr(ev.value, "shape")]
-        host: list[np.ndarray | None] = []
+        host_by_event: dict[int, np.ndarray | None] = {}
         errors: dict[int, str] = {}
         if array_at:
             values = HostValues([events[i].value for i in array_at])
             while not values.ready():
                 time.sleep(_POLL_S)
-            host = values.arrays()
-            errors = values.errors
-        host_by_event = dict(zip(array_at, host))
+            host_by_event = dict(zip(array_at, values.arrays()))
+            errors = {array_at[k]: why for k, why in values.errors.items()}
+        if self._state_generation != self.aggregator.generation:
+            self._series_cache.clear()
+            self._state_generation = self.aggregator.generation
+        encode = self._encoder.encode
         lines: list[str] = []
         blocks: dict[tuple[str, AttributeKey, tuple[int, ...]], list[np.ndarray]] = {}
         for i, ev in enumerate(events):
             value = ev.value
-            if i in host_by_event:
+            metadata = ev.metadata
+            # Equal metadata (values *and* their types: 1, 1.0 and True differ in JSON) share
+            # one encoded string and one series state.
+            try:
+                metadata_key: Any = (
+                    (tuple(metadata.items()), tuple(map(type, metadata.values())))
+                    if metadata else _NO_METADATA
+                )
+                cache = self._series_cache.get(ev.metric)
+                state = cache.get(metadata_key, _UNSEEN) if cache is not None else _UNSEEN
+            except (TypeError, AttributeError):  # unhashable metadata values, or not a dict
+                metadata_key, state = None, _UNSEEN
+            if array_at and i in host_by_event:
                 array = host_by_event[i]
                 if array is None:
-                    why = errors.get(array_at.index(i), "unreadable tensor")
-                    self.drops.add("unreadable_tensor", ev.metric, why=why)
-                    lines.append(encode_event(ev, None))
+                    self.drops.add("unreadable_tensor", ev.metric,
+                                   why=errors.get(i, "unreadable tensor"))
+                    lines.append(encode(ev, None, metadata_key))
                     continue
-                lines.append(encode_event(ev, array.tolist()))
-                self._aggregate_array(ev, array, blocks)
-            else:
-                lines.append(encode_event(ev, value))
-                self._aggregate_scalar(ev, value)
-            self._logged[ev.metric] = self._logged.get(ev.metric, 0) + 1
+                lines.append(encode(ev, array.tolist(), metadata_key))
+                found = self._spec_and_key(ev)
+                if found is not None:
+                    self._stage_array(ev, found[1], array, blocks)
+                continue
+            lines.append(encode(ev, value, metadata_key))
+            try:
+                if state is _UNSEEN:
+                    state = self._series_state(ev, metadata_key)
+                if state is None:
+                    continue
+                tp = type(value)
+                if tp is float and value - value == 0.0:
+                    if value < 0 and type(state) is SumState and self._monotonic(ev.metric):
+                        self.drops.add("negative_counter", ev.metric, why="counters only go up")
+                    else:
+                        state.add(value)
+                elif tp is int:
+                    self._add_int(ev.metric, state, value)
+                else:
+                    self._refuse_value(ev.metric, value)
+            except Exception as exc:  # one odd event must not cost the batch its lines
+                self.drops.add("internal_error", str(ev.metric),
+                               why=f"{type(exc).__name__}: {exc}")
+        self._logged.update(ev.metric for ev in events)
         for (metric, key, shape), arrays in blocks.items():
             self._record_block(metric, key, shape, arrays)
         self._write_lines(lines)
@@ -359,6 +409,7 @@ class Pipeline:
             _logger.warning("otel_sparse: writing %s again", self.event_file.path)
 
     def _spec_and_key(self, ev: LogEvent) -> tuple[MetricSpec, AttributeKey] | None:
+        """The spec and attribute set of an event; None if it only goes to the event file."""
         spec = self.specs.get(ev.metric)
         if spec is None or spec.kind is InstrumentKind.EVENTS_ONLY:
             return None
@@ -373,36 +424,49 @@ class Pipeline:
                            why=f"attribute values of {refused} are not str/int/float/bool")
         return spec, key
 
-    def _aggregate_scalar(self, ev: LogEvent, value: Any) -> None:
+    def _series_state(self, ev: LogEvent, metadata_key: Any) -> State | None:
+        """The aggregator state an event's scalar goes to (cached per distinct metadata)."""
         found = self._spec_and_key(ev)
-        if found is None:
-            return
-        spec, key = found
-        tp = type(value)
-        if tp is not float and tp is not int:
-            self.drops.add("invalid_value", ev.metric,
-                           why=f"metric values must be numbers, got {tp.__name__}")
-            return
-        number = float(value)
-        if number - number != 0.0:  # NaN or +-inf
-            self.drops.add("non_finite", ev.metric, why="NaN/inf values are kept in the "
-                           "event file but cannot enter a histogram sum")
-            return
-        if spec.kind is InstrumentKind.COUNTER and number < 0:
-            self.drops.add("negative_counter", ev.metric, why="counters only go up")
-            return
-        self.aggregator.record(self._names[ev.metric], spec, key, number)
+        state = None
+        if found is not None:
+            spec, key = found
+            state = self.aggregator.series_state(self._names[ev.metric], spec, key)
+        if metadata_key is not None:
+            cache = self._series_cache.setdefault(ev.metric, {})
+            if len(cache) > 4 * self.settings.max_series:
+                cache.clear()
+            cache[metadata_key] = state
+        return state
 
-    def _aggregate_array(
+    def _monotonic(self, metric: str) -> bool:
+        return self.specs[metric].kind is InstrumentKind.COUNTER
+
+    def _add_int(self, metric: str, state: State, value: int) -> None:
+        try:
+            number = float(value)
+        except OverflowError:
+            self.drops.add("invalid_value", metric, why="integer too large for a float")
+            return
+        if number < 0 and type(state) is SumState and self._monotonic(metric):
+            self.drops.add("negative_counter", metric, why="counters only go up")
+            return
+        state.add(number)
+
+    def _refuse_value(self, metric: str, value: Any) -> None:
+        if type(value) is float:
+            self.drops.add("non_finite", metric, why="NaN/inf values are kept in the event "
+                           "file but cannot enter a histogram sum")
+        else:
+            self.drops.add("invalid_value", metric,
+                           why=f"metric values must be numbers, got {type(value).__name__}")
+
+    def _stage_array(
         self,
         ev: LogEvent,
+        key: AttributeKey,
         array: np.ndarray,
         blocks: dict[tuple[str, AttributeKey, tuple[int, ...]], list[np.ndarray]],
     ) -> None:
-        found = self._spec_and_key(ev)
-        if found is None:
-            return
-        _, key = found
         if array.dtype.kind not in "iuf":
             self.drops.add("invalid_value", ev.metric,
                            why=f"tensor values must be real numbers, got dtype {array.dtype}")
@@ -470,6 +534,16 @@ class Pipeline:
                 schema_url="",
             )
         ])
+
+
+_NO_METADATA = ((), ())
+_UNSEEN: Any = object()
+
+
+def _take_all(batch: deque[LogEvent]) -> list[LogEvent]:
+    """Pop every event; unlike list()+clear(), loses nothing appended meanwhile."""
+    popleft = batch.popleft
+    return [popleft() for _ in range(len(batch))]
 
 
 def _column_keys(key: AttributeKey, shape: tuple[int, ...]) -> list[AttributeKey]:

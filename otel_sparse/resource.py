@@ -11,10 +11,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from opentelemetry.sdk.resources import OTELResourceDetector, Resource
+from opentelemetry.sdk.version import __version__ as _sdk_version
 
 from otel_sparse import config
 
 _generated_run_id: str | None = None
+_SDK_ATTRIBUTES = {
+    "telemetry.sdk.language": "python",
+    "telemetry.sdk.name": "opentelemetry",
+    "telemetry.sdk.version": _sdk_version,
+}
 
 
 def new_run_id() -> str:
@@ -84,7 +90,8 @@ class ProcessIdentity:
         from_env = dict(OTELResourceDetector().detect().attributes)
         if from_env.get("service.name") == "unknown_service":
             del from_env["service.name"]
-        return Resource.create({**ours, **from_env})
+        # Not Resource.create(): it runs detectors on a thread pool, which fails at exit.
+        return Resource({**_SDK_ATTRIBUTES, **ours, **from_env})
 
     def file_suffix(self, is_fork_child: bool) -> str:
         """'' for rank 0 of a lone process; ``.rank<r>.pid<pid>`` for other ranks and forks."""

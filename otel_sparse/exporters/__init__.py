@@ -11,11 +11,7 @@ from otel_sparse.exporters.jsonl import METRICS_FILE_NAME, JsonlMetricExporter
 from otel_sparse.exporters.otlp import make_otlp_exporter
 from otel_sparse.exporters.otlp_json_file import OTLP_FILE_NAME, OtlpJsonFileExporter
 
-LOCAL_EXPORTERS = frozenset({"jsonl", "otlp_file"})
-"""Exporters that write local files: ``flush()`` waits for them, never for the network."""
-
 __all__ = [
-    "LOCAL_EXPORTERS",
     "JsonlMetricExporter",
     "OtlpJsonFileExporter",
     "build_exporter",

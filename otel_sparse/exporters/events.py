@@ -11,7 +11,10 @@ import json
 import logging
 import math
 from collections.abc import Iterable
+from datetime import datetime
 from typing import Any
+
+import orjson
 
 from otel_sparse.event import LogEvent
 from otel_sparse.exporters._files import AppendOnlyFile
@@ -21,6 +24,7 @@ _logger = logging.getLogger("otel_sparse")
 EVENT_FILE_NAME = "micro_metrics.jsonl"
 
 _encode = json.JSONEncoder().encode
+_dumps = orjson.dumps  # a naive datetime comes out exactly as isoformat(), in quotes
 _warned_unserialisable = False
 
 
@@ -45,11 +49,75 @@ def _jsonable(value: Any, depth: int = 0) -> Any:
     return repr(value)
 
 
+def _float_json(value: float) -> str:
+    if value - value == 0.0:
+        return float.__repr__(value)
+    # exactly what json.dumps writes for non-finite floats, so old parsers see the same file
+    if value != value:
+        return "NaN"
+    return "Infinity" if value > 0 else "-Infinity"
+
+
+class EventEncoder:
+    """Encodes events into lines identical to ``json.dumps`` of the old ``asdict(event)``.
+
+    The line is assembled from cached pieces (metric, location, metadata per distinct
+    metadata) because ``json.dumps`` of the whole record is several times slower, and the
+    background writer shares the GIL with the training loop.
+    """
+
+    def __init__(self) -> None:
+        self._frames: dict[tuple[str, str], tuple[str, str]] = {}
+        self._metadata: dict[Any, str] = {}
+
+    def _frame(self, metric: str, location: str) -> tuple[str, str]:
+        """The constant text around value and metadata for one (metric, location)."""
+        frame = (
+            f', "metric": {_encode(metric)}, "value": ',
+            f', "location": {_encode(location)}}}',
+        )
+        if len(self._frames) > 100_000:
+            self._frames.clear()
+        self._frames[(metric, location)] = frame
+        return frame
+
+    def encode(self, event: LogEvent, value: Any, metadata_key: Any = None) -> str:
+        """One line (no newline). ``metadata_key`` identifies equal metadata (or None)."""
+        timestamp = event.timestamp
+        if type(timestamp) is not datetime:
+            return encode_event(event, value)
+        try:
+            frame = self._frames.get((event.metric, event.location))
+            if frame is None:
+                frame = self._frame(event.metric, event.location)
+            metadata_json = self._metadata.get(metadata_key) if metadata_key is not None else None
+            if metadata_json is None:
+                metadata_json = _encode(event.metadata)
+                if metadata_key is not None:
+                    if len(self._metadata) > 100_000:
+                        self._metadata.clear()
+                    self._metadata[metadata_key] = metadata_json
+            tp = type(value)
+            if tp is float:
+                value_json = _float_json(value)
+            elif tp is int:
+                value_json = int.__repr__(value)
+            else:
+                value_json = _encode(value)
+        except (TypeError, ValueError, RecursionError):
+            return encode_event(event, value)
+        return (
+            f'{{"timestamp": {_dumps(timestamp).decode()}{frame[0]}{value_json}'
+            f', "metadata": {metadata_json}{frame[1]}'
+        )
+
+
 def encode_event(event: LogEvent, value: Any) -> str:
-    """One event-file line (without the newline) for an event whose value is ``value``."""
+    """One event-file line (without the newline): the old ``json.dumps(asdict(event))``."""
     global _warned_unserialisable
+    timestamp = event.timestamp
     record = {
-        "timestamp": event.timestamp.isoformat(),
+        "timestamp": timestamp.isoformat() if isinstance(timestamp, datetime) else timestamp,
         "metric": event.metric,
         "value": value,
         "metadata": event.metadata,
@@ -66,6 +134,7 @@ def encode_event(event: LogEvent, value: Any) -> str:
             )
         record["value"] = _jsonable(value)
         record["metadata"] = _jsonable(event.metadata)
+        record["metric"] = _jsonable(event.metric)
         return _encode(record)
 
 

@@ -136,6 +136,9 @@ class JsonlMetricExporter(MetricExporter):
         >>> df = pd.read_json("otel_sparse_runs/<run>/metrics.jsonl", lines=True)  # doctest: +SKIP
     """
 
+    is_local = True
+    """``flush()`` waits for local exporters (never for the network)."""
+
     def __init__(self, path: str) -> None:
         super().__init__()
         self._file = AppendOnlyFile(path)

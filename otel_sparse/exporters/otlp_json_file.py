@@ -33,6 +33,9 @@ def otlp_json_line(metrics_data: MetricsData) -> bytes:
 class OtlpJsonFileExporter(MetricExporter):
     """Append each collection to a file as one OTLP/JSON line."""
 
+    is_local = True
+    """``flush()`` waits for local exporters (never for the network)."""
+
     def __init__(self, path: str) -> None:
         super().__init__()
         self._file = AppendOnlyFile(path)
