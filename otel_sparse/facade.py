@@ -11,6 +11,7 @@ from __future__ import annotations
 import atexit
 import itertools
 import logging
+import multiprocessing.util
 import os
 import random
 import sys
@@ -539,12 +540,20 @@ def _close_all() -> None:
 def _after_fork_in_child() -> None:
     for logger in live_loggers():
         logger._after_fork_in_child()
-    # multiprocessing children leave through os._exit, skipping atexit; its own finalisers run.
-    import multiprocessing.util
 
+
+def _register_child_exit_flush(_: object) -> None:
+    # Runs in a multiprocessing child after it cleared the parent's finalisers. Such children
+    # leave through os._exit, skipping atexit, but run their finalisers first.
     multiprocessing.util.Finalize(None, _close_all, exitpriority=100)
 
 
+class _ForkHook:
+    """Held for the module's lifetime: multiprocessing keeps after-fork hooks weakly."""
+
+
+_FORK_HOOK = _ForkHook()
 atexit.register(_close_all)
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
+multiprocessing.util.register_after_fork(_FORK_HOOK, _register_child_exit_flush)

@@ -351,15 +351,20 @@ class Pipeline:
             metadata = ev.metadata
             # Equal metadata (values *and* their types: 1, 1.0 and True differ in JSON) share
             # one encoded string and one series state.
-            try:
-                metadata_key: Any = (
-                    (tuple(metadata.items()), tuple(map(type, metadata.values())))
-                    if metadata else _NO_METADATA
-                )
+            metadata_key: Any = None
+            state = _UNSEEN
+            if not metadata:
+                metadata_key = _NO_METADATA
+            elif type(metadata) is dict:
+                types = tuple(map(type, metadata.values()))
+                # Only flat int/str/bool/None values: equal such dicts always encode alike
+                # (unlike 0.0 and -0.0, or (1, 2) and (True, 2)).
+                if _CACHEABLE_TYPES.issuperset(types):
+                    metadata_key = (tuple(metadata.items()), types)
+            if metadata_key is not None:
                 cache = self._series_cache.get(ev.metric)
-                state = cache.get(metadata_key, _UNSEEN) if cache is not None else _UNSEEN
-            except (TypeError, AttributeError):  # unhashable metadata values, or not a dict
-                metadata_key, state = None, _UNSEEN
+                if cache is not None:
+                    state = cache.get(metadata_key, _UNSEEN)
             if array_at and i in host_by_event:
                 array = host_by_event[i]
                 if array is None:
@@ -538,6 +543,7 @@ class Pipeline:
 
 _NO_METADATA = ((), ())
 _UNSEEN: Any = object()
+_CACHEABLE_TYPES = frozenset({int, str, bool, type(None)})
 
 
 def _take_all(batch: deque[LogEvent]) -> list[LogEvent]:

@@ -49,7 +49,7 @@ class AppendOnlyFile:
         self._checked_tail = False
 
     def _open(self) -> int:
-        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
+        flags = os.O_RDWR | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
         try:
             return os.open(self.path, flags, 0o666)  # the user's umask applies
         except FileNotFoundError:

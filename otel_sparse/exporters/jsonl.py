@@ -100,7 +100,7 @@ def metrics_rows(
                             continue
                         last_seen[series] = state
                     row: dict[str, Any] = {
-                        "time": _utc(point.time_unix_nano),
+                        "timestamp": _utc(point.time_unix_nano),
                         "start_time": _utc(point.start_time_unix_nano),
                         "temporality": temporality,
                         "metric": metric.name,

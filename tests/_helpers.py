@@ -1,0 +1,39 @@
+"""Small readers shared by tests: the files a run leaves, read back as plain Python."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+_T = TypeVar("_T")
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """Every line of a JSONL file, parsed (each line must parse)."""
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def latest_points(path: Path, metric: str) -> dict[tuple[Any, Any], dict[str, Any]]:
+    """The last metrics.jsonl row per (layer, head) of one metric: its totals."""
+    latest: dict[tuple[Any, Any], dict[str, Any]] = {}
+    for row in read_jsonl(path):
+        if row["metric"] == metric:
+            latest[(row["layer"], row["head"])] = row
+    return latest
+
+
+def wait_for(predicate: Callable[[], _T], timeout: float = 10.0, what: str = "condition") -> _T:
+    """Poll until ``predicate()`` is truthy; fail with ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.02)

@@ -1,0 +1,274 @@
+"""docker/docker-compose.yml: parses, references only files that exist, and agrees with the
+Collector config, prometheus.yml and the Grafana provisioning it mounts."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path, PurePosixPath
+
+import pytest
+import yaml
+from _deploy import (
+    COLLECTOR_CONFIG,
+    COMPOSE_FILE,
+    DOCKER,
+    PROMETHEUS_DIR,
+    collector_config,
+    collector_ports,
+    load_yaml,
+)
+
+ALLOWED_TOP_LEVEL = {"name", "services", "volumes", "networks", "configs", "secrets"}
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict:
+    return load_yaml(COMPOSE_FILE)
+
+
+@pytest.fixture(scope="module")
+def collector(compose) -> dict:
+    return compose["services"]["collector"]
+
+
+@pytest.fixture(scope="module")
+def gateway(collector) -> dict:
+    """collector-config/gateway.yaml resolved with the collector service's environment."""
+    return collector_config("gateway.yaml", collector.get("environment", {}))
+
+
+@pytest.fixture(scope="module")
+def prometheus(compose) -> dict:
+    return compose["services"]["prometheus"]
+
+
+@pytest.fixture(scope="module")
+def grafana(compose) -> dict:
+    return compose["services"]["grafana"]
+
+
+def _bind_mounts(service: dict) -> list[tuple[Path, str]]:
+    """(host path, container path) of each bind mount (short syntax); named volumes left out."""
+    mounts = []
+    for volume in service.get("volumes", []):
+        source, target = volume.split(":")[:2]
+        if source.startswith((".", "/")):
+            mounts.append(((DOCKER / source).resolve(), target))
+    return mounts
+
+
+def _published(service: dict) -> dict[int, int]:
+    """host port -> container port."""
+    ports = {}
+    for spec in service.get("ports", []):
+        host, container = str(spec).split("/")[0].rsplit(":", 2)[-2:]
+        ports[int(host)] = int(container)
+    return ports
+
+
+def _mount_source(service: dict, container_path: str) -> Path:
+    """The host path mounted at (or above) container_path."""
+    for source, target in _bind_mounts(service):
+        try:
+            rel = PurePosixPath(container_path).relative_to(target)
+        except ValueError:
+            continue
+        return source / rel
+    raise AssertionError(f"nothing is mounted at {container_path}")
+
+
+def _flag(command: list[str], name: str) -> str:
+    for arg in command:
+        if arg.startswith(f"--{name}="):
+            return arg.split("=", 1)[1]
+    raise AssertionError(f"--{name} missing from {command}")
+
+
+class TestStructure:
+    def test_top_level(self, compose):
+        """Only Compose-spec top-level keys; the three services exist."""
+        assert set(compose) <= ALLOWED_TOP_LEVEL
+        assert {"collector", "prometheus", "grafana"} <= set(compose["services"])
+
+    def test_every_service_has_image_or_build(self, compose):
+        for name, service in compose["services"].items():
+            assert "image" in service or "build" in service, name
+
+    def test_named_volumes_declared(self, compose):
+        declared = set(compose.get("volumes", {}))
+        for service in compose["services"].values():
+            for volume in service.get("volumes", []):
+                source = volume.split(":")[0]
+                if not source.startswith((".", "/")):
+                    assert source in declared, source
+
+    def test_depends_on_known_services(self, compose):
+        for service in compose["services"].values():
+            assert set(service.get("depends_on", [])) <= set(compose["services"])
+
+    def test_public_ports(self, compose):
+        """OTLP 4317/4318, Prometheus 9090, Grafana 3000 on the host."""
+        services = compose["services"]
+        assert {4317, 4318} <= set(_published(services["collector"]))
+        assert 9090 in _published(services["prometheus"])
+        assert 3000 in _published(services["grafana"])
+
+    @pytest.mark.skipif(
+        shutil.which("docker") is None
+        or subprocess.run(
+            ["docker", "compose", "version"], capture_output=True, check=False
+        ).returncode,
+        reason="docker compose plugin not installed (structure is checked by the other tests)",
+    )
+    def test_docker_compose_config(self):
+        """`docker compose config` accepts the file (needs the compose plugin, no daemon)."""
+        result = subprocess.run(
+            ["docker", "compose", "-f", str(COMPOSE_FILE), "config", "--quiet"],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert result.returncode == 0, result.stderr
+
+
+class TestReferencedFilesExist:
+    def test_bind_mount_sources(self, compose):
+        """Every bind-mounted file or directory exists."""
+        for name, service in compose["services"].items():
+            for source, _ in _bind_mounts(service):
+                assert source.exists(), f"{name}: {source} does not exist"
+
+    def test_build_context_and_dockerfile(self, compose):
+        build = compose["services"]["collector"]["build"]
+        context = (DOCKER / build["context"]).resolve()
+        assert context.is_dir()
+        dockerfile = (context / build["dockerfile"]).resolve()
+        assert dockerfile == DOCKER / "collector.Dockerfile"
+        assert dockerfile.is_file()
+
+    def test_dockerfile_copy_sources_exist_in_context(self, compose):
+        """Every COPY source (not --from a stage) is in the build context."""
+        build = compose["services"]["collector"]["build"]
+        context = (DOCKER / build["context"]).resolve()
+        text = (DOCKER / "collector.Dockerfile").read_text()
+        copies = [
+            line.split()[1:-1]
+            for line in text.splitlines()
+            if line.startswith("COPY ") and "--from=" not in line
+        ]
+        assert copies
+        for sources in copies:
+            for source in sources:
+                assert (context / source).exists(), f"COPY {source}: not in {context}"
+
+
+class TestCollectorService:
+    def test_mounts_gateway_config_where_command_reads_it(self, collector):
+        config_path = _flag(collector["command"], "config")
+        wanted = (COLLECTOR_CONFIG / "gateway.yaml").resolve()
+        assert _mount_source(collector, config_path) == wanted
+
+    def test_published_ports_are_the_otlp_receivers(self, collector, gateway):
+        ports = collector_ports(gateway)
+        published = _published(collector)
+        assert published[4317] == ports["otlp-grpc"][1]
+        assert published[4318] == ports["otlp-http"][1]
+        for name in ("otlp-grpc", "otlp-http", "health", "metrics", "prom-exporter"):
+            host = ports[name][0]
+            assert host not in ("127.0.0.1", "localhost", "::1"), f"{name} listens on {host}"
+
+    def test_remote_write_goes_to_prometheus_receiver(self, gateway, prometheus):
+        """The gateway pushes to the prometheus service, started with the receiver flag."""
+        url = gateway["exporters"]["prometheus_remote_write"]["endpoint"]
+        container_port = _published(prometheus)[9090]
+        assert url == f"http://prometheus:{container_port}/api/v1/write"
+        assert "--web.enable-remote-write-receiver" in prometheus["command"]
+
+    def test_dockerfile_reads_builder_version_from_manifest(self):
+        """The sed in the Dockerfile finds the manifest's otlpreceiver version."""
+        text = (DOCKER / "collector.Dockerfile").read_text()
+        script = re.search(r"sed -n '([^']+)' manifest\.yaml", text)
+        assert script, "version-extracting sed not found in collector.Dockerfile"
+        manifest = COLLECTOR_CONFIG / "manifest.yaml"
+        found = subprocess.run(
+            ["sed", "-n", script.group(1), str(manifest)],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.split()
+        receivers = load_yaml(manifest)["receivers"]
+        wanted = [
+            r["gomod"].split()[1]
+            for r in receivers
+            if r["gomod"].startswith("go.opentelemetry.io/collector/receiver/otlpreceiver ")
+        ]
+        assert found[:1] == wanted
+
+    def test_dockerfile_sets_output_path(self):
+        """The Dockerfile's second sed gives the manifest a dist.output_path the build uses."""
+        text = (DOCKER / "collector.Dockerfile").read_text()
+        script = re.search(r'sed "([^"]+)" manifest\.yaml > build-manifest\.yaml', text)
+        assert script, "output_path sed not found in collector.Dockerfile"
+        sed_script = script.group(1).replace("\\$", "$")
+        out = subprocess.run(
+            ["sed", sed_script, str(COLLECTOR_CONFIG / "manifest.yaml")],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        dist = yaml.safe_load(out)["dist"]
+        assert dist["output_path"] == "/src/dist"
+        assert f"/src/dist/{dist['name']}" in text
+
+
+class TestPrometheusService:
+    def test_config_and_rules_mounted_where_prometheus_looks(self, prometheus):
+        config_path = _flag(prometheus["command"], "config.file")
+        wanted = (PROMETHEUS_DIR / "prometheus.yml").resolve()
+        assert _mount_source(prometheus, config_path) == wanted
+        config = load_yaml(PROMETHEUS_DIR / "prometheus.yml")
+        for pattern in config["rule_files"]:
+            # Relative rule_files resolve against the config file's directory.
+            in_container = PurePosixPath(config_path).parent / pattern
+            host_dir = _mount_source(prometheus, str(in_container.parent))
+            assert sorted(host_dir.glob(in_container.name)), f"{pattern}: no rule file"
+
+    def test_scrapes_collector_telemetry(self, gateway):
+        """A scrape job targets the collector service's telemetry port."""
+        ports = collector_ports(gateway)
+        targets = {
+            target
+            for job in load_yaml(PROMETHEUS_DIR / "prometheus.yml")["scrape_configs"]
+            for static in job.get("static_configs", [])
+            for target in static["targets"]
+        }
+        assert f"collector:{ports['metrics'][1]}" in targets
+
+
+class TestGrafanaService:
+    def test_provisioning_mounted(self, grafana):
+        for kind in ("datasources", "dashboards"):
+            source = _mount_source(grafana, f"/etc/grafana/provisioning/{kind}")
+            assert source == (DOCKER / "grafana" / "provisioning" / kind).resolve()
+            assert list(source.glob("*.yml")), f"no provisioning file in {source}"
+
+    def test_dashboard_provider_path_is_mounted(self, grafana):
+        provisioning = DOCKER / "grafana" / "provisioning" / "dashboards"
+        for path in provisioning.glob("*.yml"):
+            for provider in load_yaml(path)["providers"]:
+                source = _mount_source(grafana, provider["options"]["path"])
+                assert source == (DOCKER / "grafana" / "dashboards").resolve()
+                assert list(source.glob("*.json"))
+
+    def test_home_dashboard_exists(self, grafana):
+        home = grafana["environment"].get("GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH")
+        if home:
+            assert _mount_source(grafana, home).is_file()
+
+    def test_datasource_points_at_prometheus_service(self, compose):
+        prometheus_port = _published(compose["services"]["prometheus"])[9090]
+        path = DOCKER / "grafana" / "provisioning" / "datasources" / "prometheus.yml"
+        urls = [ds["url"] for ds in load_yaml(path)["datasources"] if ds["type"] == "prometheus"]
+        assert f"http://prometheus:{prometheus_port}" in urls

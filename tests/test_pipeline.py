@@ -1,0 +1,271 @@
+"""The background side: hand-off, timing, threads, garbage collection, ranks and forks."""
+
+from __future__ import annotations
+
+import gc
+import multiprocessing
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+from opentelemetry.sdk.metrics.export import MetricExporter, MetricExportResult, MetricsData
+
+from otel_sparse import MicroMetricLogger
+from otel_sparse.testing import InMemoryMetricExporter
+from tests._helpers import latest_points, read_jsonl, wait_for
+
+DENSITY = "research_attention_density"
+NAME = f"sparse_attention.{DENSITY}"
+
+
+class ThreadRecordingExporter(MetricExporter):
+    """Records which thread each export ran on."""
+
+    def __init__(self, fail: bool = False) -> None:
+        super().__init__()
+        self.threads: list[str] = []
+        self.fail = fail
+
+    def export(self, metrics_data: MetricsData, timeout_millis: float = 10_000,
+               **kwargs: Any) -> MetricExportResult:
+        self.threads.append(threading.current_thread().name)
+        if self.fail:
+            raise ConnectionError("collector unreachable")
+        return MetricExportResult.SUCCESS
+
+    def force_flush(self, timeout_millis: float = 10_000) -> bool:
+        return True
+
+    def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:
+        return None
+
+
+def _logger(cls: type[MicroMetricLogger], path: Path, **kwargs: Any) -> MicroMetricLogger:
+    cls.register_metric(DENSITY, float)
+    return cls(log_path=str(path), enabled_metrics="all", **kwargs)
+
+
+class TestHandOff:
+    """Full batches and waiting events reach the file without an explicit flush."""
+
+    def test_handed_off_batch_is_written_by_the_writer(
+        self, fresh_logger: type[MicroMetricLogger], tmp_path: Path
+    ) -> None:
+        """A batch handed over at flush_every appears in the file within about a second."""
+        logger = _logger(fresh_logger, tmp_path, flush_every=10)
+        for i in range(10):
+            logger.log(DENSITY, i / 8, {"layer_idx": 0})
+        assert len(logger.log_queue) == 0
+        events = wait_for(lambda: len(read_jsonl(tmp_path / "micro_metrics.jsonl")) == 10,
+                          what="the handed-off batch")
+        assert events
+        assert [e["value"] for e in read_jsonl(tmp_path / "micro_metrics.jsonl")] == [
+            i / 8 for i in range(10)
+        ]
+
+    def test_waiting_events_are_written_after_the_write_delay(
+        self, fresh_logger: type[MicroMetricLogger], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        """Fewer events than flush_every still reach the disk (a kill -9 loses ~1 s at most)."""
+        monkeypatch.setenv("OTEL_SPARSE_WRITE_DELAY", "0.2")
+        logger = _logger(fresh_logger, tmp_path)
+        logger.log(DENSITY, 0.5, {"layer_idx": 1})
+        wait_for(lambda: read_jsonl(tmp_path / "micro_metrics.jsonl"), timeout=5,
+                 what="the waiting event")
+        assert len(logger.log_queue) == 0
+
+    def test_exports_run_on_exporter_threads_never_the_callers(
+        self, fresh_logger: type[MicroMetricLogger], tmp_path: Path
+    ) -> None:
+        """log() (also at hand-off) never runs an exporter; exporter threads do."""
+        recorder = ThreadRecordingExporter()
+        logger = _logger(fresh_logger, tmp_path, flush_every=5, exporters=[recorder])
+        for i in range(50):
+            logger.log(DENSITY, i / 8)
+        logger.close()
+        caller = threading.current_thread().name
+        assert recorder.threads, "the exporter was never called"
+        assert caller not in recorder.threads
+        assert all(t.startswith("otel-sparse-export-") for t in recorder.threads)
+
+    def test_failing_exporter_is_counted_and_others_keep_going(
+        self, fresh_logger: type[MicroMetricLogger], tmp_path: Path,
+        caplog: pytest.LogCaptureFixture,
+    ) -> None:
+        """An exporter that raises is reported once and counted; the JSONL file still fills."""
+        broken = ThreadRecordingExporter(fail=True)
+        sink = InMemoryMetricExporter()
+        logger = _logger(fresh_logger, tmp_path, exporters=["jsonl", broken, sink])
+        with caplog.at_level("WARNING", logger="otel_sparse"):
+            for round_ in range(3):
+                logger.log(DENSITY, 0.25, {"layer_idx": 0})
+                logger.flush()
+                wait_for(lambda r=round_: len(broken.threads) > r, what="export attempt")
+        logger.flush()
+        assert sink.value("otel_sparse.export.failures", exporter="ThreadRecordingExporter") >= 3
+        failures = [r for r in caplog.records if "ThreadRecordingExporter failed" in r.message]
+        assert len(failures) == 1
+        assert latest_points(tmp_path / "metrics.jsonl", NAME)[(0, None)]["count"] == 3
+
+
+class TestLifecycle:
+    """The writer holds its logger weakly: garbage collection still flushes."""
+
+    def test_garbage_collection_flushes_and_stops_threads(
+        self, fresh_logger: type[MicroMetricLogger], tmp_path: Path
+    ) -> None:
+        """Dropping the last reference writes the queue and ends the writer thread."""
+        logger = _logger(fresh_logger, tmp_path)
+        logger.log(DENSITY, 0.75)
+        writer = logger._pipeline._thread  # type: ignore[union-attr]
+        fresh_logger._instance = None
+        del logger
+        gc.collect()
+        assert [e["value"] for e in read_jsonl(tmp_path / "micro_metrics.jsonl")] == [0.75]
+        writer.join(timeout=5)
+        assert not writer.is_alive()
+        assert latest_points(tmp_path / "metrics.jsonl", NAME)[(None, None)]["count"] == 1
+
+    def test_close_then_log_again_restarts(
+        self, fresh_logger: type[MicroMetricLogger], tmp_path: Path
+    ) -> None:
+        """After close(), logging keeps working and reaches the same file."""
+        logger = _logger(fresh_logger, tmp_path)
+        logger.log(DENSITY, 0.125)
+        logger.close()
+        logger.log(DENSITY, 0.25)
+        logger.flush()
+        assert [e["value"] for e in read_jsonl(tmp_path / "micro_metrics.jsonl")] == [0.125, 0.25]
+
+
+_CHILD = """
+import sys
+from otel_sparse import MicroMetricLogger
+MicroMetricLogger.register_metric("research_attention_density", float)
+lg = MicroMetricLogger(log_path=sys.argv[1], enabled_metrics="all")
+for i in range(4):
+    lg.log("research_attention_density", 0.5, {"layer_idx": i})
+print(__import__("os").getpid())
+"""
+
+
+class TestRanksAndForks:
+    """Each process writes its own files; rank 0 keeps the exact old name."""
+
+    @pytest.mark.parametrize("rank", ["0", "3"])
+    def test_rank_file_names(self, tmp_path: Path, rank: str) -> None:
+        """Rank 0 writes micro_metrics.jsonl; rank r writes micro_metrics.rank<r>.pid<pid>.jsonl."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+        env.update(RANK=rank, WORLD_SIZE="4", LOCAL_RANK=rank, OTEL_SPARSE_RUN_ID="run-x")
+        out = subprocess.run([sys.executable, "-c", _CHILD, str(tmp_path)], env=env,
+                             capture_output=True, text=True, check=True, timeout=120)
+        pid = out.stdout.strip()
+        suffix = "" if rank == "0" else f".rank{rank}.pid{pid}"
+        assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+            [f"micro_metrics{suffix}.jsonl", f"metrics{suffix}.jsonl"]
+        )
+        assert len(read_jsonl(tmp_path / f"micro_metrics{suffix}.jsonl")) == 4
+        rows = read_jsonl(tmp_path / f"metrics{suffix}.jsonl")
+        density = [r for r in rows if r["metric"] == NAME]
+        assert {(r["rank"], r["world_size"], r["local_rank"], r["run_id"]) for r in density} == {
+            (int(rank), 4, int(rank), "run-x")
+        }
+
+    def test_forked_worker_writes_its_own_file_without_parent_events(
+        self, fresh_logger: type[MicroMetricLogger], tmp_path: Path
+    ) -> None:
+        """A fork-started worker logs to a .pid file; the parent's queued events stay its own."""
+        logger = _logger(fresh_logger, tmp_path)
+        logger.log(DENSITY, 0.125, {"layer_idx": 0})  # still queued in the parent at fork time
+        ctx = multiprocessing.get_context("fork")
+        child = ctx.Process(target=_log_in_child, args=(3,))
+        child.start()
+        child.join(timeout=60)
+        assert child.exitcode == 0
+        logger.flush()
+        assert [e["value"] for e in read_jsonl(tmp_path / "micro_metrics.jsonl")] == [0.125]
+        child_file = tmp_path / f"micro_metrics.rank0.pid{child.pid}.jsonl"
+        assert [e["value"] for e in read_jsonl(child_file)] == [0.5, 0.5, 0.5]
+        child_points = latest_points(tmp_path / f"metrics.rank0.pid{child.pid}.jsonl", NAME)
+        assert child_points[(1, None)]["count"] == 3
+
+
+def _log_in_child(n: int) -> None:
+    logger = MicroMetricLogger()
+    for _ in range(n):
+        logger.log(DENSITY, 0.5, {"layer_idx": 1})
+    # no flush and no atexit in a multiprocessing child: the library must write anyway
+
+
+class TestAggregation:
+    """What reaches the OTel data model: temporality, overflow, own counters."""
+
+    def test_delta_temporality_resets_each_export(
+        self, fresh_logger: type[MicroMetricLogger], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        """With OTEL_SPARSE_TEMPORALITY=delta each row counts only its own interval."""
+        monkeypatch.setenv("OTEL_SPARSE_TEMPORALITY", "delta")
+        logger = _logger(fresh_logger, tmp_path)
+        for n in (2, 3):
+            for _ in range(n):
+                logger.log(DENSITY, 0.5, {"layer_idx": 0})
+            logger.flush()
+        rows = [r for r in read_jsonl(tmp_path / "metrics.jsonl") if r["metric"] == NAME]
+        assert [(r["temporality"], r["count"], r["sum"]) for r in rows] == [
+            ("delta", 2, 1.0), ("delta", 3, 1.5)
+        ]
+
+    def test_cumulative_rows_only_for_changed_series(
+        self, fresh_logger: type[MicroMetricLogger], tmp_path: Path
+    ) -> None:
+        """A series that did not change is not written again; the last row has the totals."""
+        logger = _logger(fresh_logger, tmp_path)
+        logger.log(DENSITY, 0.5, {"layer_idx": 0})
+        logger.log(DENSITY, 0.5, {"layer_idx": 1})
+        logger.flush()
+        logger.log(DENSITY, 0.25, {"layer_idx": 1})
+        logger.flush()
+        logger.flush()
+        rows = [r for r in read_jsonl(tmp_path / "metrics.jsonl") if r["metric"] == NAME]
+        assert [(r["layer"], r["count"], r["sum"]) for r in rows] == [
+            (0, 1, 0.5), (1, 1, 0.5), (1, 2, 0.75)
+        ]
+
+    def test_cardinality_overflow_goes_to_one_series(
+        self, fresh_logger: type[MicroMetricLogger], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+    ) -> None:
+        """Past OTEL_SPARSE_MAX_SERIES, points land in otel.metric.overflow="true" (counted)."""
+        monkeypatch.setenv("OTEL_SPARSE_MAX_SERIES", "4")
+        sink = InMemoryMetricExporter()
+        logger = _logger(fresh_logger, tmp_path, exporters=[sink])
+        with caplog.at_level("WARNING", logger="otel_sparse"):
+            for layer in range(10):
+                logger.log(DENSITY, 0.5, {"layer_idx": layer})
+            logger.flush()
+        overflow = sink.histogram(NAME, **{"otel.metric.overflow": "true"})
+        assert overflow.count == 6 and overflow.sum == 3.0
+        assert len(sink.points(NAME)) == 5
+        assert sink.value("otel_sparse.events.dropped", metric=DENSITY,
+                          reason="cardinality_overflow") == 6
+        assert len([r for r in caplog.records if "overflow" in r.message]) == 1
+
+    def test_library_counters_count_logged_and_dropped(
+        self, fresh_logger: type[MicroMetricLogger], tmp_path: Path
+    ) -> None:
+        """events.logged and events.dropped{reason} carry exact counts."""
+        sink = InMemoryMetricExporter()
+        logger = _logger(fresh_logger, tmp_path, exporters=[sink], max_records=3)
+        for _ in range(5):
+            logger.log(DENSITY, "not a number")
+        logger.flush()
+        assert sink.value("otel_sparse.events.logged", metric=DENSITY) == 3
+        assert sink.value("otel_sparse.events.dropped", metric=DENSITY, reason="max_records") == 2
+        assert sink.value("otel_sparse.events.dropped", metric=DENSITY,
+                          reason="invalid_value") == 3

@@ -1,0 +1,148 @@
+"""register_metric options: instrument kind, unit, boundaries, attributes, names."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from otel_sparse import InstrumentKind, MicroMetricLogger
+from otel_sparse._instruments import DEFAULT_FLOAT_BOUNDARIES, instrument_name
+from otel_sparse.testing import InMemoryMetricExporter
+from tests._helpers import read_jsonl
+
+
+def _logger(cls: type[MicroMetricLogger], path: Path, sink: InMemoryMetricExporter
+            ) -> MicroMetricLogger:
+    return cls(log_path=str(path), enabled_metrics="all", exporters=[sink])
+
+
+class TestDefaults:
+    """What a bare register_metric(identifier, dtype) becomes."""
+
+    def test_float_is_a_histogram_fine_over_unit_interval(
+        self, fresh_logger: type[MicroMetricLogger], tmp_path: Path
+    ) -> None:
+        """float -> histogram, unit "1", bounds fine over [0, 1] with a few beyond."""
+        sink = InMemoryMetricExporter()
+        fresh_logger.register_metric("density", float)
+        logger = _logger(fresh_logger, tmp_path, sink)
+        logger.log("density", 0.42, {"layer_idx": 2, "head_idx": 5})
+        logger.flush()
+        point = sink.histogram("sparse_attention.density", layer=2, head=5)
+        assert tuple(point.explicit_bounds) == DEFAULT_FLOAT_BOUNDARIES
+        assert sum(b <= 1.0 for b in point.explicit_bounds) >= 20
+        assert max(point.explicit_bounds) > 1.0
+        assert point.sum == 0.42
+
+    def test_int_is_a_histogram_and_str_stays_in_the_event_file(
+        self, fresh_logger: type[MicroMetricLogger], tmp_path: Path
+    ) -> None:
+        """int -> histogram; str -> event file only (no metric, no drop)."""
+        sink = InMemoryMetricExporter()
+        fresh_logger.register_metric("kept_tokens", int)
+        fresh_logger.register_metric("mask_kind", str)
+        logger = _logger(fresh_logger, tmp_path, sink)
+        logger.log("kept_tokens", 128, {"layer": 0})
+        logger.log("mask_kind", "topk", {"layer": 0})
+        logger.flush()
+        assert sink.histogram("sparse_attention.kept_tokens", layer=0).sum == 128
+        assert sink.points("sparse_attention.mask_kind") == []
+        assert [e["value"] for e in read_jsonl(tmp_path / "micro_metrics.jsonl")] == [128, "topk"]
+
+    def test_layer_and_head_aliases_and_undeclared_keys(
+        self, fresh_logger: type[MicroMetricLogger], tmp_path: Path
+    ) -> None:
+        """layer/layer_idx -> layer, head/head_idx -> head; other keys stay in the event file."""
+        sink = InMemoryMetricExporter()
+        fresh_logger.register_metric("density", float)
+        logger = _logger(fresh_logger, tmp_path, sink)
+        logger.log("density", 0.5, {"layer": 1, "head_idx": 2, "seq_len": 4096})
+        logger.flush()
+        (point,) = sink.points("sparse_attention.density")
+        assert dict(point.attributes) == {"layer": 1, "head": 2}
+        assert read_jsonl(tmp_path / "micro_metrics.jsonl")[0]["metadata"]["seq_len"] == 4096
+
+
+class TestOptions:
+    """Keyword options describe the OTel instrument."""
+
+    def test_counter_gauge_and_up_down_counter(
+        self, fresh_logger: type[MicroMetricLogger], tmp_path: Path
+    ) -> None:
+        """Counters sum, gauges keep the last value, up-down counters go both ways."""
+        sink = InMemoryMetricExporter()
+        fresh_logger.register_metric("tokens", int, kind="counter", unit="{token}")
+        fresh_logger.register_metric("kv_bytes", float, kind=InstrumentKind.GAUGE, unit="By")
+        fresh_logger.register_metric("live_blocks", int, kind="up_down_counter")
+        logger = _logger(fresh_logger, tmp_path, sink)
+        for v in (3, 4, -1):
+            logger.log("tokens", v)
+            logger.log("kv_bytes", float(v * 100))
+            logger.log("live_blocks", v)
+        logger.flush()
+        assert sink.value("sparse_attention.tokens") == 7  # the negative one is dropped
+        assert sink.value("otel_sparse.events.dropped", metric="tokens",
+                          reason="negative_counter") == 1
+        assert sink.value("sparse_attention.kv_bytes") == -100.0
+        assert sink.value("sparse_attention.live_blocks") == 6
+
+    def test_declared_attributes_boundaries_unit_description(
+        self, fresh_logger: type[MicroMetricLogger], tmp_path: Path
+    ) -> None:
+        """Declared metadata keys become attributes; bounds, unit and description apply."""
+        sink = InMemoryMetricExporter()
+        fresh_logger.register_metric("attention_time", float, unit="s", description="per call",
+                                     boundaries=[0.001, 0.01], attributes=["stage"])
+        logger = _logger(fresh_logger, tmp_path, sink)
+        logger.log("attention_time", 0.005, {"layer": 3, "stage": "prefill", "step": 9})
+        logger.flush()
+        (point,) = sink.points("sparse_attention.attention_time")
+        assert dict(point.attributes) == {"layer": 3, "stage": "prefill"}
+        assert list(point.bucket_counts) == [0, 1, 0]
+        metric = next(m for rm in sink.exports[-1].resource_metrics for sm in rm.scope_metrics
+                      for m in sm.metrics if m.name == "sparse_attention.attention_time")
+        assert (metric.unit, metric.description) == ("s", "per call")
+
+    @pytest.mark.parametrize(
+        ("options", "message"),
+        [
+            ({"kind": "summary"}, "summary"),
+            ({"boundaries": [1.0, 0.5]}, "strictly increasing"),
+            ({"kind": "counter", "boundaries": [1.0]}, "histograms only"),
+            ({"unit": "µs"}, "UCUM"),
+        ],
+    )
+    def test_bad_options_raise_at_registration(
+        self, fresh_logger: type[MicroMetricLogger], options: dict[str, object], message: str
+    ) -> None:
+        """Options that cannot describe an instrument fail here, not later in log()."""
+        with pytest.raises(ValueError, match=message):
+            fresh_logger.register_metric("m", float, **options)  # type: ignore[arg-type]
+        assert "m" not in fresh_logger.get_registered_metrics()
+
+
+class TestNames:
+    """Instrument names: <namespace>.<identifier>, valid OTel names."""
+
+    def test_namespace_from_environment(
+        self, fresh_logger: type[MicroMetricLogger], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        """OTEL_SPARSE_NAMESPACE replaces the default prefix."""
+        monkeypatch.setenv("OTEL_SPARSE_NAMESPACE", "lab")
+        sink = InMemoryMetricExporter()
+        fresh_logger.register_metric("density", float)
+        logger = _logger(fresh_logger, tmp_path, sink)
+        logger.log("density", 0.5)
+        logger.flush()
+        assert sink.histogram("lab.density").count == 1
+
+    @pytest.mark.parametrize(
+        ("identifier", "expected"),
+        [("density", "ns.density"), ("attn density/π", "ns.attn_density/_"),
+         ("layer.3-err", "ns.layer.3-err")],
+    )
+    def test_invalid_characters_are_replaced(self, identifier: str, expected: str) -> None:
+        """Characters OTel names do not allow become underscores."""
+        assert instrument_name("ns", identifier) == expected
