@@ -153,7 +153,8 @@ def main() -> None:
             log(METRIC, 0.25, {"layer_idx": i & 31, "head_idx": i >> 5 & 31})
         lg.close()
         spent = time.process_time_ns() - start
-        lines = sum(1 for _ in open(os.path.join(path, "micro_metrics.jsonl")))
+        with open(os.path.join(path, "micro_metrics.jsonl")) as events:
+            lines = sum(1 for _ in events)
         assert lines == n, f"wrote {lines} of {n} events"
         return spent / n
 

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+
 class Refusal:
     """Returned by ``capture`` for a value that must not be queued, with the reason."""
 
@@ -157,7 +158,7 @@ class HostValues:
         """One host array per input value; call only once ``ready()`` is True."""
         for indices, host, _ in self._pending:
             stacked = host.numpy()
-            for row, i in zip(stacked, indices):
+            for row, i in zip(stacked, indices, strict=True):
                 self._arrays[i] = row
         self._pending = []
         return self._arrays

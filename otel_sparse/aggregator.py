@@ -48,10 +48,8 @@ class HistogramState:
         """Add one finite value. Cost: a bisect and five attribute updates."""
         self.count += 1
         self.sum += value
-        if value < self.min:
-            self.min = value
-        if value > self.max:
-            self.max = value
+        self.min = min(self.min, value)
+        self.max = max(self.max, value)
         self.buckets[bisect_left(self.bounds, value)] += 1
 
 

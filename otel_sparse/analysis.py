@@ -1,4 +1,4 @@
-"""Read run folders back into pandas: events, metric points, manifests; and the numbers the CLI shows.
+"""Read run folders back into pandas (events, metric points, manifests), and the CLI's numbers.
 
 A run folder holds ``micro_metrics.jsonl`` (one line per ``log()`` call), ``metrics.jsonl``
 (flat OTel points), optional ``otlp/metrics.jsonl`` and ``run.json``; other ranks and forked
@@ -22,7 +22,6 @@ import os
 import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -390,13 +389,19 @@ def _points_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
         frame[column] = pd.to_datetime(frame[column], utc=True, format="ISO8601",
                                        errors="coerce")
     for column in _POINT_INTS:
-        frame[column] = pd.array(
-            [_as_int(v) for v in frame[column].tolist()], dtype="Int64"
-        )
+        ints: list[Any] = [_as_int(v) for v in frame[column].tolist()]
+        frame[column] = pd.array(ints, dtype="Int64")
     for column in _POINT_FLOATS:
         frame[column] = pd.to_numeric(frame[column], errors="coerce").astype("float64")
     extra = [c for c in frame.columns if c not in POINT_COLUMNS]
     return frame[list(POINT_COLUMNS) + extra]
+
+
+def _sum_buckets(series: pd.Series) -> list[int] | None:
+    import numpy as np
+
+    lists = [np.asarray(c) for c in series if isinstance(c, list)]
+    return np.sum(lists, axis=0).astype(int).tolist() if lists else None
 
 
 def totals(points: pd.DataFrame) -> pd.DataFrame:
@@ -426,10 +431,7 @@ def totals(points: pd.DataFrame) -> pd.DataFrame:
                           max=("max", "max"), value=("value", "sum"))
         for column in agg.columns:
             summed[column] = agg[column]
-        summed["bucket_counts"] = grouped["bucket_counts"].agg(
-            lambda s: None if s.isna().all() else
-            np.sum([np.asarray(c) for c in s if isinstance(c, list)], axis=0).tolist()
-        )
+        summed["bucket_counts"] = grouped["bucket_counts"].agg(_sum_buckets)
         summed["start_time"] = grouped["start_time"].min()
         parts.append(summed.reset_index())
     out = pd.concat(parts, ignore_index=True) if len(parts) > 1 else last
@@ -482,7 +484,7 @@ class RunData:
 def _run_names(runs: list[RunFolder]) -> list[str]:
     names = [r.run_id for r in runs]
     counts = {n: names.count(n) for n in names}
-    return [n if counts[n] == 1 else f"{n} ({r.path})" for n, r in zip(names, runs)]
+    return [n if counts[n] == 1 else f"{n} ({r.path})" for n, r in zip(names, runs, strict=True)]
 
 
 def read_run(path_or_paths: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]) -> RunData:
@@ -502,7 +504,7 @@ def read_run(path_or_paths: str | os.PathLike[str] | Sequence[str | os.PathLike[
     columns = _EventColumns()
     point_rows: list[dict[str, Any]] = []
     manifests: dict[str, dict[str, Any]] = {}
-    for run, name in zip(runs, _run_names(runs)):
+    for run, name in zip(runs, _run_names(runs), strict=True):
         manifests[name] = run.manifest
         rank0 = run.manifest.get("ranks", {}).get("0", {}) if run.manifest else {}
         for data_file in run.event_files:
@@ -606,8 +608,9 @@ def layer_head_matrix(
     li = {layer: i for i, layer in enumerate(layers)}
     hi = {head: i for i, head in enumerate(heads)}
     matrix = np.full((len(layers), len(heads)), np.nan)
-    for (layer, head), value in table.items():
-        matrix[li[int(layer)], hi[int(head)]] = float(value)
+    for index, value in table.items():
+        key: tuple[Any, Any] = index  # type: ignore[assignment]
+        matrix[li[int(key[0])], hi[int(key[1])]] = float(value)
     return matrix, layers, heads
 
 
@@ -679,13 +682,15 @@ def parse_otlp_line(line: str | bytes) -> ExportMetricsServiceRequest:
     Raises:
         google.protobuf.json_format.ParseError: the line is not an OTLP/JSON request.
     """
-    from google.protobuf.json_format import Parse
+    from google.protobuf.json_format import Parse  # type: ignore[import-untyped, unused-ignore]
     from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
         ExportMetricsServiceRequest,
     )
 
     text = line.decode("utf-8") if isinstance(line, bytes) else line
-    return Parse(text, ExportMetricsServiceRequest(), ignore_unknown_fields=True)
+    request = ExportMetricsServiceRequest()
+    Parse(text, request, ignore_unknown_fields=True)
+    return request
 
 
 def otlp_files(paths: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]) -> list[str]:
@@ -711,7 +716,9 @@ def read_otlp_requests(path: str | os.PathLike[str]) -> list[ExportMetricsServic
     A last line cut mid-write is skipped with one warning; any other line that does not
     parse raises AnalysisError naming the file and line.
     """
-    from google.protobuf.json_format import ParseError
+    from google.protobuf.json_format import (  # type: ignore[import-untyped, unused-ignore]
+        ParseError,
+    )
 
     requests: list[ExportMetricsServiceRequest] = []
     bad = BadLines()

@@ -1,4 +1,4 @@
-"""Configuration variables: each resolved as argument, then OTEL_SPARSE_*, then OTEL_*, then default.
+"""Configuration: each setting is the argument, else OTEL_SPARSE_*, else OTEL_*, else a default.
 
 Every variable the library reads is a documented constant here; docs/configuration.md lists
 them for users. A value that does not parse, or is out of range, logs one warning and the
@@ -90,7 +90,10 @@ Default 1000000: bounds memory if the disk stalls.
 """
 
 OTEL_SPARSE_OTLP_FILE = "OTEL_SPARSE_OTLP_FILE"
-"""Path of the OTLP-JSON lines file (exporter ``otlp_file``). Default ``<run dir>/otlp/metrics.jsonl``."""
+"""Path of the OTLP-JSON lines file (exporter ``otlp_file``).
+
+Default ``<run dir>/otlp/metrics.jsonl``.
+"""
 
 EXPORTER_NAMES = frozenset({"jsonl", "otlp", "otlp_file", "console", "none"})
 DEFAULT_EXPORTERS = ("jsonl",)

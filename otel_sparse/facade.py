@@ -9,6 +9,7 @@ OTel data model, exporters) happens there.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import itertools
 import logging
 import multiprocessing.util
@@ -106,13 +107,16 @@ class MicroMetricLogger(metaclass=_SingletonMeta):
         """
         if MicroMetricLogger._initialized and getattr(self, "_ready", False):
             if self.log_path and log_path and self.log_path != log_path:
-                print(f"Warning: MicroMetricLogger already initialized with log_path: {self.log_path}")
+                print(
+                    f"Warning: MicroMetricLogger already initialized with log_path: {self.log_path}"
+                )
             return
         pipeline: Pipeline | None = getattr(self, "_pipeline", None)
         if pipeline is not None:  # _initialized was reset on a live instance: start over
             pipeline.close()
         self._lock = threading.Lock()
-        self._rng = random.Random()  # never the global generator: the researcher's stream stays theirs
+        # Never the global generator: the researcher's random stream stays theirs.
+        self._rng = random.Random()
         self._warned: set[tuple[str, Any]] = set()
         self._drops = DropCounter()
         self._locations: dict[CodeType, str] = {}
@@ -172,9 +176,9 @@ class MicroMetricLogger(metaclass=_SingletonMeta):
         cls._registered_metrics[identifier] = dtype
         cls._metric_specs[identifier] = spec
         instance = cls._instance
-        if instance is not None and instance._pipeline is not None:
-            if identifier in instance.enabled_metrics:
-                instance._pipeline.enable(spec)
+        pipeline = instance._pipeline if instance is not None else None
+        if pipeline is not None and identifier in instance.enabled_metrics:  # type: ignore[union-attr]
+            pipeline.enable(spec)
 
     @classmethod
     def get_registered_metrics(cls) -> dict[str, type]:
@@ -291,8 +295,8 @@ class MicroMetricLogger(metaclass=_SingletonMeta):
 
     def _capture(self, identifier: str, value: Any, metadata: dict[str, Any] | None) -> Any:
         ndim = getattr(value, "ndim", None)
-        if (ndim == 1 or ndim == 2) and isinstance(metadata, dict):
-            clash = ("head", "head_idx") if ndim == 1 else ("layer", "layer_idx", "head", "head_idx")
+        if ndim in (1, 2) and isinstance(metadata, dict):
+            clash = _SPANNED_KEYS[ndim]
             named = [k for k in clash if k in metadata]
             if named:
                 self._drops.add(
@@ -439,10 +443,8 @@ class MicroMetricLogger(metaclass=_SingletonMeta):
             pipeline.close()
 
     def __del__(self) -> None:
-        try:
+        with contextlib.suppress(Exception):  # never raise from a finaliser (interpreter exit)
             self.close()
-        except Exception:  # never raise from a finaliser, e.g. at interpreter exit
-            pass
 
     def _pipeline_or_start(self) -> Pipeline:
         pipeline = self._pipeline
@@ -481,6 +483,8 @@ class MicroMetricLogger(metaclass=_SingletonMeta):
 
 
 _SKIP = object()
+_SPANNED_KEYS = {1: ("head", "head_idx"), 2: ("layer", "layer_idx", "head", "head_idx")}
+"""Metadata keys a [heads] or [layers, heads] value already spans."""
 
 
 class _ExporterChoice(NamedTuple):

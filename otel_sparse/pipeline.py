@@ -31,7 +31,6 @@ from opentelemetry.sdk.metrics.export import (
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
-from otel_sparse._version import __version__
 from otel_sparse._instruments import (
     AttributeKey,
     InstrumentKind,
@@ -40,6 +39,7 @@ from otel_sparse._instruments import (
     instrument_name,
 )
 from otel_sparse._values import HostValues
+from otel_sparse._version import __version__
 from otel_sparse.aggregator import Aggregator, State, SumState
 from otel_sparse.config import Settings
 from otel_sparse.event import LogEvent
@@ -338,7 +338,7 @@ class Pipeline:
             values = HostValues([events[i].value for i in array_at])
             while not values.ready():
                 time.sleep(_POLL_S)
-            host_by_event = dict(zip(array_at, values.arrays()))
+            host_by_event = dict(zip(array_at, values.arrays(), strict=True))
             errors = {array_at[k]: why for k, why in values.errors.items()}
         if self._state_generation != self.aggregator.generation:
             self._series_cache.clear()

@@ -8,6 +8,7 @@ first time this process opens the file.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -94,8 +95,6 @@ def _write_all(fd: int, data: bytes) -> None:
             view = view[written:]
     except OSError:
         if len(view) != len(data):
-            try:
+            with contextlib.suppress(OSError):  # if not, the next open repairs the tail
                 os.ftruncate(fd, start)
-            except OSError:
-                pass  # the next open repairs the torn tail instead
         raise

@@ -1,4 +1,4 @@
-"""OTLP export over gRPC or HTTP/protobuf, configured by the standard OTEL_EXPORTER_OTLP_* variables.
+"""OTLP export over gRPC or HTTP/protobuf, set up by the standard OTEL_EXPORTER_OTLP_* variables.
 
 The exporters are opentelemetry-exporter-otlp's own; this module only picks the protocol
 (argument, then ``OTEL_EXPORTER_OTLP_METRICS_PROTOCOL``, then ``OTEL_EXPORTER_OTLP_PROTOCOL``,
@@ -83,7 +83,7 @@ def validate_otlp_environment(environ: Mapping[str, str] | None = None) -> None:
 def make_otlp_exporter(
     protocol: str | None = None, environ: Mapping[str, str] | None = None, **kwargs: Any
 ) -> MetricExporter:
-    """An OTLP metric exporter for the resolved protocol; raises OtlpConfigError if misconfigured."""
+    """An OTLP metric exporter for the resolved protocol; OtlpConfigError if misconfigured."""
     resolved = resolve_protocol(protocol, environ)
     validate_otlp_environment(environ)
     if resolved == "grpc":

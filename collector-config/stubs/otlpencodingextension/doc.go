@@ -1,0 +1,2 @@
+// Package otlpencodingextension is an empty placeholder; see go.mod.
+package otlpencodingextension

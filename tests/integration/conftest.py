@@ -1,0 +1,299 @@
+"""Fixtures that run the real otelcol-sparse Collector and Prometheus on free loopback ports.
+
+`otelcol_bin` builds (or reuses) the distribution with scripts/build-collector.sh and
+`prometheus_bin` needs /usr/bin/prometheus (scripts/install-prometheus.sh). Neither
+skips: a missing tool fails the test with the reason, so a green run means the
+processes really ran.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from _procs import (
+    LOOPBACK,
+    ManagedProcess,
+    Sample,
+    free_ports,
+    query,
+    wait_for_query,
+    wait_http_ok,
+)
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+CONFIG_DIR = REPO_ROOT / "collector-config"
+SHIPPED_CONFIGS = ("agent.yaml", "gateway.yaml", "single.yaml")
+BUILD_SCRIPT = REPO_ROOT / "scripts" / "build-collector.sh"
+INSTALL_PROMETHEUS = REPO_ROOT / "scripts" / "install-prometheus.sh"
+PROMETHEUS = Path("/usr/bin/prometheus")
+
+# A cold build (empty Go caches) takes 3-5 minutes on 2 cores; a cached one a few ms.
+BUILD_TIMEOUT_S = 30 * 60
+# Port variables of the shipped configs (docs/collector.md), one free port each.
+PORT_VARS = {
+    "grpc": "OTEL_SPARSE_OTLP_GRPC_PORT",
+    "http": "OTEL_SPARSE_OTLP_HTTP_PORT",
+    "health": "OTEL_SPARSE_HEALTH_PORT",
+    "prometheus": "OTEL_SPARSE_PROMETHEUS_PORT",
+    "telemetry": "OTEL_SPARSE_TELEMETRY_PORT",
+}
+
+
+@pytest.fixture(scope="session")
+def otelcol_bin() -> Path:
+    """Path of the otelcol-sparse binary, built by scripts/build-collector.sh if needed."""
+    try:
+        done = subprocess.run(
+            ["bash", str(BUILD_SCRIPT)],
+            capture_output=True,
+            text=True,
+            timeout=BUILD_TIMEOUT_S,
+            check=False,
+            stdin=subprocess.DEVNULL,
+        )
+    except subprocess.TimeoutExpired as exc:
+        err = exc.stderr.decode(errors="replace") if isinstance(exc.stderr, bytes) else exc.stderr
+        pytest.fail(f"{BUILD_SCRIPT} did not finish in {BUILD_TIMEOUT_S} s:\n{err}", pytrace=False)
+    if done.returncode != 0:
+        tail = "\n".join(done.stderr.splitlines()[-40:])
+        pytest.fail(
+            f"cannot build otelcol-sparse: {BUILD_SCRIPT} exited {done.returncode}:\n{tail}",
+            pytrace=False,
+        )
+    path = Path(done.stdout.strip())
+    if not (path.is_file() and os.access(path, os.X_OK)):
+        pytest.fail(
+            f"{BUILD_SCRIPT} printed {done.stdout!r}, not an executable path", pytrace=False
+        )
+    return path
+
+
+@pytest.fixture(scope="session")
+def prometheus_bin() -> Path:
+    """Path of the Prometheus server (Debian's), installed by the script if missing."""
+    if not PROMETHEUS.exists():
+        done = subprocess.run(
+            ["bash", str(INSTALL_PROMETHEUS)],
+            capture_output=True,
+            text=True,
+            check=False,
+            stdin=subprocess.DEVNULL,
+        )
+        if done.returncode != 0 or not PROMETHEUS.exists():
+            pytest.fail(
+                f"no {PROMETHEUS} and {INSTALL_PROMETHEUS} failed "
+                f"({done.returncode}):\n{done.stderr[-3000:]}",
+                pytrace=False,
+            )
+    return PROMETHEUS
+
+
+@dataclass
+class Collector:
+    """A running otelcol-sparse with one of our configs, every port a free loopback one."""
+
+    config: Path
+    env: dict[str, str]
+    ports: dict[str, int]
+    process: ManagedProcess
+
+    @property
+    def grpc_endpoint(self) -> str:
+        """host:port of the OTLP gRPC receiver."""
+        return f"{LOOPBACK}:{self.ports['grpc']}"
+
+    @property
+    def http_endpoint(self) -> str:
+        """Base URL of the OTLP HTTP receiver (append /v1/metrics)."""
+        return f"http://{LOOPBACK}:{self.ports['http']}"
+
+    @property
+    def prometheus_target(self) -> str:
+        """host:port that serves the prometheus exporter's /metrics."""
+        return f"{LOOPBACK}:{self.ports['prometheus']}"
+
+    @property
+    def telemetry_target(self) -> str:
+        """host:port that serves the collector's own metrics."""
+        return f"{LOOPBACK}:{self.ports['telemetry']}"
+
+    @property
+    def health_url(self) -> str:
+        """The health_check extension's URL."""
+        return f"http://{LOOPBACK}:{self.ports['health']}/"
+
+    def start(self, timeout: float = 30.0) -> None:
+        """Start the process and wait until health_check answers 200."""
+        self.process.start()
+        wait_http_ok(self.health_url, timeout=timeout, proc=self.process)
+
+    def stop(self) -> int | None:
+        """Stop the process (SIGTERM, then SIGKILL); return its exit code."""
+        return self.process.stop()
+
+    def restart(self, timeout: float = 30.0) -> None:
+        """Stop, then start again with the same config, env and ports."""
+        self.stop()
+        self.start(timeout=timeout)
+
+
+@pytest.fixture
+def collector_factory(otelcol_bin: Path, tmp_path: Path) -> Iterator[Callable[..., Collector]]:
+    """Start collectors: `collector_factory("single.yaml", env={...}, name="single")`.
+
+    `config` is a shipped config's file name or a path. Every port variable of the
+    shipped configs gets a free port, OTEL_SPARSE_LISTEN_HOST is 127.0.0.1, and `env`
+    adds or overrides variables. Every collector started is stopped after the test.
+    """
+    started: list[Collector] = []
+
+    def start(
+        config: str | Path,
+        env: Mapping[str, str] | None = None,
+        name: str | None = None,
+    ) -> Collector:
+        path = Path(config)
+        if not path.is_absolute() and not path.exists():
+            path = CONFIG_DIR / path
+        if not path.is_file():
+            raise FileNotFoundError(path)
+        label = name or f"otelcol-{path.stem}-{len(started)}"
+        ports = dict(zip(PORT_VARS, free_ports(len(PORT_VARS)), strict=True))
+        full_env = dict(os.environ)
+        full_env["OTEL_SPARSE_LISTEN_HOST"] = LOOPBACK
+        full_env.update({var: str(ports[key]) for key, var in PORT_VARS.items()})
+        full_env.update(env or {})
+        proc = ManagedProcess(
+            [otelcol_bin, "--config", path],
+            tmp_path / f"{label}.log",
+            env=full_env,
+            name=label,
+        )
+        collector = Collector(config=path, env=full_env, ports=ports, process=proc)
+        started.append(collector)
+        collector.start()
+        return collector
+
+    yield start
+    for collector in reversed(started):
+        collector.stop()
+
+
+@dataclass
+class Prometheus:
+    """A running Prometheus with its own TSDB under tmp_path."""
+
+    port: int
+    config_path: Path
+    tsdb: Path
+    process: ManagedProcess
+
+    @property
+    def url(self) -> str:
+        """Base URL (HTTP API and UI)."""
+        return f"http://{LOOPBACK}:{self.port}"
+
+    @property
+    def remote_write_url(self) -> str:
+        """Remote-write receiver URL (needs remote_write_receiver=True)."""
+        return f"{self.url}/api/v1/write"
+
+    def query(self, promql: str) -> list[Sample]:
+        """Instant query; see _procs.query."""
+        return query(self.url, promql)
+
+    def wait_for_query(
+        self,
+        promql: str,
+        predicate: Callable[[list[Sample]], bool] = bool,
+        timeout: float = 30.0,
+        procs: Sequence[ManagedProcess] = (),
+    ) -> list[Sample]:
+        """Poll until `predicate(result)`; see _procs.wait_for_query."""
+        return wait_for_query(
+            self.url, promql, predicate, timeout=timeout, procs=(self.process, *procs)
+        )
+
+    def stop(self) -> int | None:
+        """Stop the server."""
+        return self.process.stop()
+
+
+@pytest.fixture
+def prometheus_factory(prometheus_bin: Path, tmp_path: Path) -> Iterator[Callable[..., Prometheus]]:
+    """Start Prometheus servers: `prometheus_factory(["127.0.0.1:8889"])`.
+
+    Args of the returned callable:
+        targets: host:port list (job "otelcol"), or a mapping job -> host:port list,
+            scraped every second with honor_labels (so the exporter's job/instance,
+            i.e. service.name/service.instance.id, stay as they are).
+        remote_write_receiver: start with --web.enable-remote-write-receiver.
+        name: used for the log file and TSDB directory.
+    """
+    started: list[Prometheus] = []
+
+    def start(
+        targets: Sequence[str] | Mapping[str, Sequence[str]] = (),
+        remote_write_receiver: bool = False,
+        name: str | None = None,
+        timeout: float = 60.0,
+    ) -> Prometheus:
+        label = name or f"prometheus-{len(started)}"
+        jobs = (
+            dict(targets)
+            if isinstance(targets, Mapping)
+            else ({"otelcol": list(targets)} if targets else {})
+        )
+        config = {
+            "global": {
+                "scrape_interval": "1s",
+                "scrape_timeout": "1s",
+                "evaluation_interval": "1s",
+            },
+            "scrape_configs": [
+                {
+                    "job_name": job,
+                    "honor_labels": True,
+                    "static_configs": [{"targets": list(hosts)}],
+                }
+                for job, hosts in jobs.items()
+            ],
+        }
+        config_path = tmp_path / f"{label}.yml"
+        config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+        tsdb = tmp_path / f"{label}-tsdb"
+        tsdb.mkdir()
+        (port,) = free_ports(1)
+        args = [
+            str(prometheus_bin),
+            f"--config.file={config_path}",
+            f"--storage.tsdb.path={tsdb}",
+            f"--web.listen-address={LOOPBACK}:{port}",
+            "--log.level=info",
+        ]
+        if remote_write_receiver:
+            args.append("--web.enable-remote-write-receiver")
+        proc = ManagedProcess(args, tmp_path / f"{label}.log", name=label)
+        prom = Prometheus(port=port, config_path=config_path, tsdb=tsdb, process=proc)
+        started.append(prom)
+        proc.start()
+        wait_http_ok(f"{prom.url}/-/ready", timeout=timeout, proc=proc)
+        return prom
+
+    yield start
+    for prom in reversed(started):
+        prom.stop()
+
+
+@pytest.fixture(scope="session")
+def manifest() -> dict[str, Any]:
+    """collector-config/manifest.yaml, parsed."""
+    doc: dict[str, Any] = yaml.safe_load((CONFIG_DIR / "manifest.yaml").read_text())
+    return doc

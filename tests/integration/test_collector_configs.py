@@ -1,0 +1,97 @@
+"""The built otelcol-sparse: shipped configs validate, and it holds exactly the manifest's
+components."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from conftest import CONFIG_DIR, SHIPPED_CONFIGS
+
+pytestmark = pytest.mark.integration
+
+# What each config needs set; the rest have defaults (docs/collector.md).
+REQUIRED_ENV = {
+    "OTEL_SPARSE_GATEWAY_ENDPOINT": "127.0.0.1:4317",
+    "OTEL_SPARSE_REMOTE_WRITE_URL": "http://127.0.0.1:9090/api/v1/write",
+}
+KINDS = ("receivers", "processors", "exporters", "extensions", "connectors")
+
+
+def run_otelcol(
+    binary: Path,
+    *args: str,
+    env: dict[str, str] | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """Run the collector binary with `args`, env = os.environ + `env`."""
+    return subprocess.run(
+        [str(binary), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={**os.environ, **(env or {})},
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def test_shipped_configs_are_all_listed() -> None:
+    """Every collector-config/*.yaml other than the manifest is covered by these tests."""
+    found = {p.name for p in CONFIG_DIR.glob("*.yaml")} - {"manifest.yaml"}
+    assert found == set(SHIPPED_CONFIGS)
+
+
+@pytest.mark.parametrize("config", SHIPPED_CONFIGS)
+def test_shipped_config_validates(otelcol_bin: Path, config: str) -> None:
+    """`otelcol-sparse validate` accepts each shipped config with its variables set."""
+    done = run_otelcol(
+        otelcol_bin, "validate", "--config", str(CONFIG_DIR / config), env=REQUIRED_ENV
+    )
+    assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.parametrize(
+    ("config", "variable"),
+    [
+        ("agent.yaml", "OTEL_SPARSE_GATEWAY_ENDPOINT"),
+        ("gateway.yaml", "OTEL_SPARSE_REMOTE_WRITE_URL"),
+    ],
+)
+def test_required_variable_missing_fails(otelcol_bin: Path, config: str, variable: str) -> None:
+    """Without its required variable a config is rejected, not run with an empty endpoint."""
+    env = {k: v for k, v in REQUIRED_ENV.items() if k != variable}
+    env[variable] = ""
+    done = run_otelcol(otelcol_bin, "validate", "--config", str(CONFIG_DIR / config), env=env)
+    assert done.returncode != 0
+    assert "endpoint" in done.stderr
+
+
+def test_components_match_manifest(otelcol_bin: Path, manifest: dict[str, Any]) -> None:
+    """`otelcol-sparse components` lists exactly the manifest's modules, kind by kind."""
+    done = run_otelcol(otelcol_bin, "components")
+    assert done.returncode == 0, done.stderr
+    listed = yaml.safe_load(done.stdout)
+
+    for kind in KINDS:
+        want = {m["gomod"] for m in manifest.get(kind) or []}
+        got = {c["module"] for c in listed.get(kind) or []}
+        assert got == want, kind
+    want_providers = {m["gomod"] for m in manifest["providers"]}
+    assert {p["module"] for p in listed["providers"]} == want_providers
+    assert {p["scheme"] for p in listed["providers"]} == {"env", "file", "yaml"}
+    assert listed["buildinfo"]["command"] == "otelcol-sparse"
+
+
+def test_configs_use_only_built_components(otelcol_bin: Path) -> None:
+    """Each component type in a shipped config is one the binary lists."""
+    listed = yaml.safe_load(run_otelcol(otelcol_bin, "components").stdout)
+    for config in SHIPPED_CONFIGS:
+        doc = yaml.safe_load((CONFIG_DIR / config).read_text())
+        for kind in ("receivers", "processors", "exporters", "extensions"):
+            names = {c["name"] for c in listed.get(kind) or []}
+            for key in doc.get(kind) or {}:
+                assert key.split("/")[0] in names, f"{config}: {kind}.{key}"
