@@ -725,21 +725,25 @@ def replay(
     err = _console(stderr=True)
     sent_points = 0
     rejected = 0
+    failure: str | None = None
     try:
         with Progress("[progress.description]{task.description}", BarColumn(),
                       MofNCompleteColumn(), TimeElapsedColumn(), console=err,
-                      transient=True) as progress:
+                      transient=True, disable=not err.is_terminal) as progress:
             task = progress.add_task(f"replaying to {url}", total=len(requests))
             for i, request in enumerate(requests, 1):
                 try:
                     rejected += sender.send(request)
                 except SendError as exc:
-                    _fail(f"collector at {url} ({resolved}) refused request {i}/{len(requests)}:"
-                          f" {exc}", EXIT_FAILED)
+                    failure = (f"collector at {url} ({resolved}) refused request "
+                               f"{i}/{len(requests)}: {exc}")
+                    break
                 sent_points += count_data_points(request)
                 progress.update(task, completed=i)
     finally:
         sender.close()
+    if failure is not None:
+        _fail(failure, EXIT_FAILED)
     _console().print(f"replayed {len(requests)} request(s), {sent_points} data points, from "
                      f"{len(files)} file(s) to {escape(url)} ({resolved})", soft_wrap=True)
     if rejected:

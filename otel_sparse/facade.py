@@ -27,7 +27,12 @@ from typing import Any, ClassVar, NamedTuple
 
 from opentelemetry.sdk.metrics.export import MetricExporter
 
-from otel_sparse._instruments import InstrumentKind, MetricSpec, make_spec
+from otel_sparse._instruments import (
+    DEFAULT_TIMER_BOUNDARIES,
+    InstrumentKind,
+    MetricSpec,
+    make_spec,
+)
 from otel_sparse._values import Refusal, capture
 from otel_sparse.config import Settings, parse_exporters
 from otel_sparse.event import LogEvent
@@ -120,6 +125,7 @@ class MicroMetricLogger(metaclass=_SingletonMeta):
         self._warned: set[tuple[str, Any]] = set()
         self._drops = DropCounter()
         self._locations: dict[CodeType, str] = {}
+        self._context: EventContext | None = None
         self._pipeline = None
         self._exporters = _ExporterChoice.parse(exporters)
         self._seq = itertools.count()
@@ -246,7 +252,14 @@ class MicroMetricLogger(metaclass=_SingletonMeta):
 
     # -- logging: the hot path -----------------------------------------------------------
 
-    def log(self, identifier: str, value: Any, metadata: dict[str, Any] | None = None) -> None:
+    def log(
+        self,
+        identifier: str,
+        value: Any,
+        metadata: dict[str, Any] | None = None,
+        *,
+        _location: str | None = None,
+    ) -> None:
         """Record one value. Cost: a set lookup, a frame lookup, one LogEvent and an append.
 
         Takes no lock: the record count is an ``itertools.count`` and the append is one
@@ -269,11 +282,15 @@ class MicroMetricLogger(metaclass=_SingletonMeta):
                 value = self._capture(identifier, value, metadata)
                 if value is _SKIP:
                     return
-            frame = _getframe(1)
-            location = self._locations.get(frame.f_code)
+            location = _location
             if location is None:
-                location = self._locate(frame)
+                frame = _getframe(1)
+                location = self._locations.get(frame.f_code)
+                if location is None:
+                    location = self._locate(frame)
             event = LogEvent(_now(), identifier, value, metadata or {}, location)
+            if self._context is not None:
+                event.context = self._context  # type: ignore[attr-defined]
             taken = next(self._seq)
             if self.max_records is not None and taken >= self.max_records:
                 self._capped_now = True  # another thread took the last slot
@@ -418,6 +435,62 @@ class MicroMetricLogger(metaclass=_SingletonMeta):
         """The record limit, or None."""
         return self.max_records
 
+    # -- context and timers --------------------------------------------------------------
+
+    def context(self, **values: Any) -> ContextScope:
+        """Put ``values`` (stage, epoch, ...) on every following event, under "context".
+
+        Applies at once; used as ``with logger.context(stage="prefill"):`` it is undone at
+        the end of the block. Keys declared in ``register_metric(attributes=[...])`` also
+        become attributes of that metric's points. ``None`` removes a key.
+        """
+        merged = dict(self._context.values) if self._context is not None else {}
+        merged.update(values)
+        return ContextScope(self, {k: v for k, v in merged.items() if v is not None})
+
+    def step(self, step: int) -> ContextScope:
+        """``context(step=step)``: ``with logger.step(i):`` around one training step."""
+        return self.context(step=step)
+
+    def clear_context(self) -> None:
+        """Remove every context value."""
+        self._context = None
+
+    def get_context(self) -> dict[str, Any]:
+        """A copy of the current context values."""
+        return dict(self._context.values) if self._context is not None else {}
+
+    def _set_context(self, context: EventContext | None) -> None:
+        self._context = context
+
+    @classmethod
+    def register_timer(
+        cls, identifier: str, *, description: str = "", boundaries: Sequence[float] | None = None,
+        attributes: Sequence[str] = (),
+    ) -> None:
+        """Register a histogram in seconds, with bounds from 1 µs to 10 s, for ``timer()``."""
+        cls.register_metric(
+            identifier, float, kind=InstrumentKind.HISTOGRAM, unit="s", description=description,
+            boundaries=DEFAULT_TIMER_BOUNDARIES if boundaries is None else boundaries,
+            attributes=attributes,
+        )
+
+    def timer(self, identifier: str, **metadata: Any) -> Timer | _NullTimer:
+        """Time a block into histogram ``identifier``, in seconds (``perf_counter``).
+
+        ``with logger.timer("attention_time", layer=l):``. A disabled identifier costs one
+        set lookup; an enabled one two clock reads and one ``log()``. The time measured is
+        the host's: for GPU work, it covers launching kernels, not running them.
+        """
+        if identifier not in self._enabled or self._log_path is None:
+            self._not_logged(identifier)
+            return _NULL_TIMER
+        frame = _getframe(1)
+        location = self._locations.get(frame.f_code)
+        if location is None:
+            location = self._locate(frame)
+        return Timer(self, identifier, metadata, location)
+
     # -- flushing ------------------------------------------------------------------------
 
     def flush(self) -> None:
@@ -483,6 +556,77 @@ class MicroMetricLogger(metaclass=_SingletonMeta):
 
 
 _SKIP = object()
+
+
+class EventContext:
+    """An immutable snapshot of context values, shared by every event logged under it."""
+
+    __slots__ = ("key", "values")
+
+    def __init__(self, values: dict[str, Any]) -> None:
+        self.values = values
+        try:
+            self.key: Any = tuple(sorted(values.items()))
+            hash(self.key)
+        except TypeError:
+            self.key = None  # unhashable values: encoded per event, never cached
+
+
+class ContextScope:
+    """Returned by ``context()``/``step()``: already applied; a ``with`` block undoes it."""
+
+    __slots__ = ("_logger", "_previous")
+
+    def __init__(self, logger: MicroMetricLogger, values: dict[str, Any]) -> None:
+        self._logger = logger
+        self._previous = logger._context
+        logger._set_context(EventContext(values) if values else None)
+
+    def __enter__(self) -> MicroMetricLogger:
+        return self._logger
+
+    def __exit__(self, *exc: object) -> None:
+        self._logger._set_context(self._previous)
+
+
+class Timer:
+    """Measures one block with ``perf_counter`` and logs the seconds on exit."""
+
+    __slots__ = ("_identifier", "_location", "_logger", "_metadata", "_start", "elapsed")
+
+    def __init__(
+        self, logger: MicroMetricLogger, identifier: str, metadata: dict[str, Any], location: str
+    ) -> None:
+        self._logger = logger
+        self._identifier = identifier
+        self._metadata = metadata
+        self._location = location
+        self._start = 0.0
+        self.elapsed: float | None = None
+
+    def __enter__(self) -> Timer:
+        self._start = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.elapsed = time.perf_counter() - self._start
+        self._logger.log(self._identifier, self.elapsed, self._metadata, _location=self._location)
+
+
+class _NullTimer:
+    """The timer of a disabled identifier: does nothing."""
+
+    __slots__ = ()
+    elapsed = None
+
+    def __enter__(self) -> _NullTimer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+_NULL_TIMER = _NullTimer()
 _SPANNED_KEYS = {1: ("head", "head_idx"), 2: ("layer", "layer_idx", "head", "head_idx")}
 """Metadata keys a [heads] or [layers, heads] value already spans."""
 

@@ -361,6 +361,9 @@ class Pipeline:
                 # (unlike 0.0 and -0.0, or (1, 2) and (True, 2)).
                 if _CACHEABLE_TYPES.issuperset(types):
                     metadata_key = (tuple(metadata.items()), types)
+            context = ev.__dict__.get("context")
+            if context is not None and metadata_key is not None:
+                metadata_key = (metadata_key, context.key) if context.key is not None else None
             if metadata_key is not None:
                 cache = self._series_cache.get(ev.metric)
                 if cache is not None:
@@ -423,6 +426,9 @@ class Pipeline:
             self.drops.add("invalid_metadata", ev.metric,
                            why=f"metadata must be a dict, got {type(metadata).__name__}")
             return spec, ()
+        context = ev.__dict__.get("context")
+        if context is not None:
+            metadata = {**context.values, **metadata}
         key, refused = attribute_key(spec, metadata)
         if refused:
             self.drops.add("invalid_attribute", ev.metric,

@@ -74,7 +74,7 @@ class EventEncoder:
         """The constant text around value and metadata for one (metric, location)."""
         frame = (
             f', "metric": {_encode(metric)}, "value": ',
-            f', "location": {_encode(location)}}}',
+            f', "location": {_encode(location)}',
         )
         if len(self._frames) > 100_000:
             self._frames.clear()
@@ -84,7 +84,8 @@ class EventEncoder:
     def encode(self, event: LogEvent, value: Any, metadata_key: Any = None) -> str:
         """One line (no newline). ``metadata_key`` identifies equal metadata (or None)."""
         timestamp = event.timestamp
-        if type(timestamp) is not datetime:
+        context = event.__dict__.get("context")
+        if type(timestamp) is not datetime or (context is not None and context.key is None):
             return encode_event(event, value)
         try:
             frame = self._frames.get((event.metric, event.location))
@@ -104,12 +105,21 @@ class EventEncoder:
                 value_json = int.__repr__(value)
             else:
                 value_json = _encode(value)
+            end = "}" if context is None else self._context_json(context)
         except (TypeError, ValueError, RecursionError):
             return encode_event(event, value)
         return (
             f'{{"timestamp": {_dumps(timestamp).decode()}{frame[0]}{value_json}'
-            f', "metadata": {metadata_json}{frame[1]}'
+            f', "metadata": {metadata_json}{frame[1]}{end}'
         )
+
+    def _context_json(self, context: Any) -> str:
+        """``, "context": {...}}`` for a context snapshot, cached per distinct context."""
+        end = self._metadata.get(("context", context.key))
+        if end is None:
+            end = f', "context": {_encode(context.values)}}}'
+            self._metadata[("context", context.key)] = end
+        return end
 
 
 def encode_event(event: LogEvent, value: Any) -> str:
@@ -123,6 +133,9 @@ def encode_event(event: LogEvent, value: Any) -> str:
         "metadata": event.metadata,
         "location": event.location,
     }
+    context = event.__dict__.get("context")
+    if context is not None:
+        record["context"] = context.values
     try:
         return _encode(record)
     except (TypeError, ValueError, RecursionError) as exc:
@@ -135,6 +148,8 @@ def encode_event(event: LogEvent, value: Any) -> str:
         record["value"] = _jsonable(value)
         record["metadata"] = _jsonable(event.metadata)
         record["metric"] = _jsonable(event.metric)
+        if context is not None:
+            record["context"] = _jsonable(context.values)
         return _encode(record)
 
 
