@@ -270,7 +270,8 @@ class MicroMetricLogger(metaclass=_SingletonMeta):
             if identifier not in self._enabled or self._log_path is None:
                 self._not_logged(identifier)
                 return
-            if self.max_records is not None and self._capped(identifier):
+            limit = self.max_records
+            if limit is not None and self._capped(identifier):
                 return
             sampling = self.sampling_factor
             if sampling < 1.0 and self._rng.random() >= sampling:
@@ -292,16 +293,27 @@ class MicroMetricLogger(metaclass=_SingletonMeta):
             if self._context is not None:
                 event.context = self._context  # type: ignore[attr-defined]
             taken = next(self._seq)
-            if self.max_records is not None and taken >= self.max_records:
-                self._capped_now = True  # another thread took the last slot
+            if limit is not None and taken >= limit:
+                self._capped_now = True  # this call (or another thread) took the last slot
                 self._capped(identifier)
                 return
             queue = self.log_queue
             queue.append(event)
-            if len(queue) >= self.flush_every or len(queue) >= QUEUE_MAXLEN:
+            if len(queue) >= self._handoff_at:
                 self._hand_off(queue)
         except Exception as exc:  # a metrics library must never raise into a forward pass
             self._internal_error(identifier, exc)
+
+    @property
+    def flush_every(self) -> int:
+        """Queued events that trigger a hand-off to the background writer."""
+        return self._flush_every
+
+    @flush_every.setter
+    def flush_every(self, value: int) -> None:
+        self._flush_every = value
+        # The queue is a deque(maxlen=10000): hand over before it could drop anything.
+        self._handoff_at = max(1, min(int(value), QUEUE_MAXLEN))
 
     def _capped(self, identifier: str) -> bool:
         """True (and counted) once ``max_records`` events were recorded."""
