@@ -76,6 +76,8 @@ if command -v flock >/dev/null 2>&1; then
         printf '%s\n' "$binary" >&3
         exit 0
     fi
+    # Holding the lock, any temp dir left here is from a run that was killed.
+    rm -rf "$entry"/.build.*
 fi
 
 work="$(mktemp -d "$entry/.build.XXXXXX")"

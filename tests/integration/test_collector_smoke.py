@@ -63,6 +63,15 @@ SERIES_LABELS = {
     "otel_scope_version",
 }
 SCOPE = ("otel_sparse.smoke", "0.1.0")
+# Prometheus names of: counter otel_sparse.events.dropped (unit 1), histogram
+# sparse_attention.step_time (unit s), gauge sparse_attention.density_last (unit 1).
+TRANSLATED_NAMES = {
+    "otel_sparse_events_dropped_total",
+    "sparse_attention_step_time_seconds_bucket",
+    "sparse_attention_step_time_seconds_sum",
+    "sparse_attention_step_time_seconds_count",
+    "sparse_attention_density_last_ratio",
+}
 
 ExporterFactory = Callable[[Collector, AggregationTemporality], MetricExporter]
 
@@ -297,22 +306,6 @@ def test_restart_keeps_ports(
     assert_histogram(prom, run_id, instance_id, procs=(collector.process,))
 
 
-# OTel instrument -> Prometheus names, as docs/design.md and docs/collector.md list them.
-NAME_CASES = {
-    "otel_sparse.events.dropped": ("counter", "1", {"otel_sparse_events_dropped_total"}),
-    "sparse_attention.step_time": (
-        "histogram",
-        "s",
-        {
-            "sparse_attention_step_time_seconds_bucket",
-            "sparse_attention_step_time_seconds_sum",
-            "sparse_attention_step_time_seconds_count",
-        },
-    ),
-    "sparse_attention.density_last": ("gauge", "1", {"sparse_attention_density_last_ratio"}),
-}
-
-
 def test_prometheus_names_scrape_and_remote_write(
     collector_factory: Callable[..., Collector],
     prometheus_factory: Callable[..., Prometheus],
@@ -343,11 +336,10 @@ def test_prometheus_names_scrape_and_remote_write(
     finally:
         provider.shutdown(timeout_millis=15_000)
 
-    want = set().union(*(names for _, _, names in NAME_CASES.values()))
     for prom in (scraper, remote):
         series = prom.wait_for_query(
             f'{{run_id="{run_id}",__name__!="target_info"}}',
-            lambda r: {labels["__name__"] for labels, _ in r} == want,
+            lambda r: {labels["__name__"] for labels, _ in r} == TRANSLATED_NAMES,
             procs=(gateway.process,),
         )
         values = {labels["__name__"]: v for labels, v in series if "le" not in labels}
