@@ -144,7 +144,7 @@ class HostValues:
             # synchronises the GPU (set_sync_debug_mode("error") stays quiet).
             host = torch.empty(stacked.shape, dtype=stacked.dtype, pin_memory=True)
             host.copy_(stacked, non_blocking=True)
-            done = torch.cuda.Event()
+            done = torch.cuda.Event()  # type: ignore[no-untyped-call]
             done.record()
             self._pending.append((indices, host, done))
         else:

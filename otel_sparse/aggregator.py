@@ -181,7 +181,7 @@ class Aggregator:
             flat = (np.arange(len(keys)) * n_buckets + index)[finite]
             bucket_counts = np.bincount(flat, minlength=len(keys) * n_buckets)
             bucket_counts = bucket_counts.reshape(len(keys), n_buckets)
-            for j in np.flatnonzero(counts):
+            for j in np.flatnonzero(counts).tolist():
                 state = self._state(name, spec, keys[j], int(counts[j]))
                 assert isinstance(state, HistogramState)
                 state.count += int(counts[j])
@@ -192,12 +192,12 @@ class Aggregator:
                 for b in np.flatnonzero(bucket_counts[j]):
                     buckets[b] += int(bucket_counts[j, b])
         elif kind is InstrumentKind.GAUGE:
-            for j in np.flatnonzero(counts):
+            for j in np.flatnonzero(counts).tolist():
                 last = values[:, j][finite[:, j]][-1]
                 self.record(name, spec, keys[j], float(last))
         else:
             sums = np.where(finite, values, 0.0).sum(axis=0)
-            for j in np.flatnonzero(counts):
+            for j in np.flatnonzero(counts).tolist():
                 self.record(name, spec, keys[j], float(sums[j]))
         return skipped
 

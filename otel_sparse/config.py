@@ -189,9 +189,10 @@ class Settings:
         """Resolve every setting: ``exporters`` argument, then OTEL_SPARSE_*, OTEL_*, default."""
         env = os.environ if environ is None else environ
         if exporters is None:
+            default_exporters: tuple[str, ...] = DEFAULT_EXPORTERS
             exporters = _resolve(
                 (OTEL_SPARSE_EXPORTERS, OTEL_METRICS_EXPORTER), parse_exporters,
-                DEFAULT_EXPORTERS, env,
+                default_exporters, env,
             )
         namespace = env.get(OTEL_SPARSE_NAMESPACE, "").strip() or cls.namespace
         return cls(

@@ -61,7 +61,7 @@ class _SingletonMeta(type):
 
     def __call__(cls, *args: Any, **kwargs: Any) -> Any:
         instance = cls.__dict__.get("_instance")
-        if instance is not None and not args and not kwargs and cls._initialized:
+        if instance is not None and not args and not kwargs and cls.__dict__["_initialized"]:
             return instance
         return super().__call__(*args, **kwargs)
 
@@ -126,7 +126,7 @@ class MicroMetricLogger(metaclass=_SingletonMeta):
         self._drops = DropCounter()
         self._locations: dict[CodeType, str] = {}
         self._context: EventContext | None = None
-        self._pipeline = None
+        self._pipeline: Pipeline | None = None
         self._exporters = _ExporterChoice.parse(exporters)
         self._seq = itertools.count()
         self._capped_now = False
@@ -182,9 +182,9 @@ class MicroMetricLogger(metaclass=_SingletonMeta):
         cls._registered_metrics[identifier] = dtype
         cls._metric_specs[identifier] = spec
         instance = cls._instance
-        pipeline = instance._pipeline if instance is not None else None
-        if pipeline is not None and identifier in instance.enabled_metrics:  # type: ignore[union-attr]
-            pipeline.enable(spec)
+        if instance is not None and instance._pipeline is not None:
+            if identifier in instance.enabled_metrics:
+                instance._pipeline.enable(spec)
 
     @classmethod
     def get_registered_metrics(cls) -> dict[str, type]:
@@ -212,7 +212,7 @@ class MicroMetricLogger(metaclass=_SingletonMeta):
     def enabled_metrics(self, metrics: set[str]) -> None:
         self._enabled = metrics
         # A bound C method: the disabled check costs an attribute load and a set lookup.
-        self.is_metric_enabled = metrics.__contains__  # type: ignore[method-assign]
+        self.is_metric_enabled = metrics.__contains__  # type: ignore[method-assign,assignment]
         self._sync_specs()
 
     def enable_metrics(self, metrics: list[str] | set[str] | str | None = None) -> None:

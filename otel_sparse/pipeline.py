@@ -347,8 +347,8 @@ class Pipeline:
         lines: list[str] = []
         blocks: dict[tuple[str, AttributeKey, tuple[int, ...]], list[np.ndarray]] = {}
         for i, ev in enumerate(events):
-            value = ev.value
-            metadata = ev.metadata
+            value: Any = ev.value
+            metadata: Any = ev.metadata
             # Equal metadata (values *and* their types: 1, 1.0 and True differ in JSON) share
             # one encoded string and one series state.
             metadata_key: Any = None
@@ -421,7 +421,7 @@ class Pipeline:
         spec = self.specs.get(ev.metric)
         if spec is None or spec.kind is InstrumentKind.EVENTS_ONLY:
             return None
-        metadata = ev.metadata
+        metadata: Any = ev.metadata
         if not isinstance(metadata, dict):
             self.drops.add("invalid_metadata", ev.metric,
                            why=f"metadata must be a dict, got {type(metadata).__name__}")

@@ -75,7 +75,7 @@ class InMemoryMetricExporter(MetricExporter):
         """The latest histogram point of ``metric`` whose attributes include ``attributes``."""
         for point in self.points(metric):
             if isinstance(point, HistogramDataPoint) and all(
-                point.attributes.get(k) == v for k, v in attributes.items()
+                (point.attributes or {}).get(k) == v for k, v in attributes.items()
             ):
                 return point
         raise KeyError(f"no histogram point of {metric!r} with {attributes}")
@@ -84,7 +84,7 @@ class InMemoryMetricExporter(MetricExporter):
         """The latest counter/gauge value of ``metric`` with ``attributes``."""
         for point in self.points(metric):
             if isinstance(point, NumberDataPoint) and all(
-                point.attributes.get(k) == v for k, v in attributes.items()
+                (point.attributes or {}).get(k) == v for k, v in attributes.items()
             ):
                 return float(point.value)
         raise KeyError(f"no number point of {metric!r} with {attributes}")

@@ -84,8 +84,9 @@ def metrics_rows(
                     kind = "gauge"
                 else:
                     continue
-                temporality = _TEMPORALITY.get(
-                    getattr(data, "aggregation_temporality", None), "none"
+                temporality = (
+                    "none" if isinstance(data, Gauge)
+                    else _TEMPORALITY.get(data.aggregation_temporality, "none")
                 )
                 for point in data.data_points:
                     attrs = dict(point.attributes or {})
