@@ -4,7 +4,6 @@ Collector config, prometheus.yml and the Grafana provisioning it mounts."""
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 from pathlib import Path, PurePosixPath
 
