@@ -97,7 +97,8 @@ def main() -> None:
         queue = logger.log_queue
         for start in range(0, k, chunk):
             for i in range(start, min(k, start + chunk)):
-                MicroMetricLogger().log(METRIC, 0.25, {"layer_idx": i & 31, "head_idx": i >> 5 & 31})
+                metadata = {"layer_idx": i & 31, "head_idx": i >> 5 & 31}
+                MicroMetricLogger().log(METRIC, 0.25, metadata)
             queue.clear()
 
     def enabled_check(k: int) -> None:
