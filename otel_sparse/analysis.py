@@ -297,78 +297,96 @@ def _as_float(value: Any) -> float:
 
 
 class _EventColumns:
-    """Column lists that ``read_run`` fills, one entry per logged scalar."""
+    """Columns that ``read_run`` fills: per event (repeated at the end) and per scalar."""
 
     def __init__(self) -> None:
+        # one entry per event (line)
         self.timestamp: list[Any] = []
         self.metric: list[Any] = []
-        self.value: list[float] = []
-        self.layer: list[int | None] = []
-        self.head: list[int | None] = []
         self.location: list[Any] = []
         self.rank: list[int | None] = []
         self.pid: list[int | None] = []
         self.file: list[str] = []
         self.run: list[str] = []
         self.metadata: list[dict[str, Any]] = []
+        self.rows: list[int] = []
+        # one entry per scalar (row)
+        self.value: list[float] = []
+        self.layer: list[int | None] = []
+        self.head: list[int | None] = []
         self.non_numeric = 0
 
     def add_record(
         self, record: dict[str, Any], rank: int | None, pid: int | None, file: str, run: str
     ) -> None:
+        """Add one event-file record, exploding per-head lists into one row per value."""
         metadata = record.get("metadata")
         if not isinstance(metadata, dict):
             metadata = {}
         value = record.get("value")
         layer = _first_key(metadata, _LAYER_KEYS)
-        head = _first_key(metadata, _HEAD_KEYS)
-        base = (record.get("timestamp"), record.get("metric"), record.get("location"))
         if isinstance(value, list):
-            if any(isinstance(v, list) for v in value):  # [layers, heads]
+            if value and isinstance(value[0], list):  # [layers, heads]
+                n = 0
                 for li, row in enumerate(value):
                     cells = row if isinstance(row, list) else [row]
-                    for hi, cell in enumerate(cells):
-                        self._add(base, _as_float(cell), li, hi, rank, pid, file, run, metadata)
+                    self.value.extend(_as_float(c) for c in cells)
+                    self.layer.extend([li] * len(cells))
+                    self.head.extend(range(len(cells)))
+                    n += len(cells)
             else:  # [heads], layer from metadata
-                for hi, cell in enumerate(value):
-                    self._add(base, _as_float(cell), layer, hi, rank, pid, file, run, metadata)
+                n = len(value)
+                try:
+                    floats = list(map(float, value))  # the usual case: every cell a number
+                except (TypeError, ValueError):
+                    floats = [_as_float(c) for c in value]
+                self.value.extend(floats)
+                self.layer.extend([layer] * n)
+                self.head.extend(range(n))
         elif isinstance(value, (int, float)):
-            self._add(base, float(value), layer, head, rank, pid, file, run, metadata)
+            n = 1
+            self.value.append(float(value))
+            self.layer.append(layer)
+            self.head.append(_first_key(metadata, _HEAD_KEYS))
         else:
             self.non_numeric += 1  # strings, None: kept in the file, not a number to average
-
-    def _add(
-        self, base: tuple[Any, Any, Any], value: float, layer: int | None, head: int | None,
-        rank: int | None, pid: int | None, file: str, run: str, metadata: dict[str, Any],
-    ) -> None:
-        self.timestamp.append(base[0])
-        self.metric.append(base[1])
-        self.location.append(base[2])
-        self.value.append(value)
-        self.layer.append(layer)
-        self.head.append(head)
+            return
+        if n == 0:
+            return
+        self.timestamp.append(record.get("timestamp"))
+        self.metric.append(record.get("metric"))
+        self.location.append(record.get("location"))
         self.rank.append(rank)
         self.pid.append(pid)
         self.file.append(file)
         self.run.append(run)
         self.metadata.append(metadata)
+        self.rows.append(n)
 
     def frame(self) -> pd.DataFrame:
+        """The events DataFrame, sorted by timestamp (stable: file order breaks ties)."""
         import pandas as pd
 
+        rows = self.rows
+
+        def per_row(values: list[Any], dtype: str | None = None) -> Any:
+            series = pd.Series(values, dtype=dtype or object)
+            return series.repeat(rows).reset_index(drop=True)
+
+        timestamps = pd.to_datetime(pd.Series(self.timestamp, dtype=object), format="ISO8601",
+                                    errors="coerce")
         frame = pd.DataFrame({
-            "timestamp": pd.to_datetime(pd.Series(self.timestamp, dtype=object),
-                                        format="ISO8601", errors="coerce"),
-            "metric": pd.Series(self.metric, dtype=object).astype(str),
+            "timestamp": timestamps.repeat(rows).reset_index(drop=True),
+            "metric": per_row(self.metric).astype(str),
             "value": pd.Series(self.value, dtype="float64"),
             "layer": pd.array(self.layer, dtype="Int64"),
             "head": pd.array(self.head, dtype="Int64"),
-            "location": pd.Series(self.location, dtype=object),
-            "rank": pd.array(self.rank, dtype="Int64"),
-            "pid": pd.array(self.pid, dtype="Int64"),
-            "file": pd.Series(self.file, dtype=object).astype(str),
-            "run": pd.Series(self.run, dtype=object).astype(str),
-            "metadata": pd.Series(self.metadata, dtype=object),
+            "location": per_row(self.location),
+            "rank": per_row(self.rank, "Int64"),
+            "pid": per_row(self.pid, "Int64"),
+            "file": per_row(self.file).astype(str),
+            "run": per_row(self.run).astype(str),
+            "metadata": per_row(self.metadata),
         })
         if len(frame):
             frame = frame.sort_values("timestamp", kind="stable", ignore_index=True)

@@ -82,7 +82,8 @@ def _console(stderr: bool = False) -> Console:
 
 def _fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
     """Print one error line to stderr and exit (no traceback)."""
-    _console(stderr=True).print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
+    line = " ".join(part.strip() for part in message.splitlines() if part.strip())
+    _console(stderr=True).print(f"[bold red]error:[/] {escape(line)}", soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -213,7 +214,8 @@ def demo(
                               exporters=exporter_list, heatmap=heatmap,
                               on_step=lambda n: progress.update(task, completed=n))
         except (ValueError, RuntimeError) as exc:
-            _fail(f"demo failed: {exc}", EXIT_FAILED)
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            _fail(f"demo failed: {first}", EXIT_FAILED)
     events = steps * layers * 2
     out.print(
         f"Run [bold]{escape(result.run_id)}[/] ({result.backend} on {result.device}): "
@@ -338,7 +340,15 @@ def summary(
         sys.stdout.write(stats.to_csv(index=False))
         return
     if output_format is OutputFormat.json:
-        sys.stdout.write(stats.to_json(orient="records", lines=True))
+        import json
+
+        import pandas as pd
+
+        for record in stats.to_dict("records"):
+            clean = {k: None if v is None or (not isinstance(v, str) and pd.isna(v)) else
+                     (int(v) if k in ("layer", "head", "count") else v)
+                     for k, v in record.items()}
+            sys.stdout.write(json.dumps(clean) + "\n")
         return
     out = _console()
     out.print(_manifest_header(data))
@@ -381,7 +391,7 @@ def heatmap(
                                          show_default=False)],
     stat: Annotated[Stat, typer.Option(help="The statistic per cell.")] = Stat.mean,
     csv: Annotated[Path | None, typer.Option(
-        help="Also write the [layer x head] values as CSV (rows: layers, columns: heads).")]
+        help="Also write the layer x head values as CSV (rows: layers, columns: heads).")]
     = None,
     size: Annotated[str | None, typer.Option(help="Figure size in inches, WIDTHxHEIGHT.")]
     = None,
@@ -507,6 +517,7 @@ def tail(
                 wanted = resolve_metric(metric, seen)
         emit()
         return
+    interval = max(interval, 0.05)
     deadline = None if duration is None else time.monotonic() + duration
     try:
         emit()

@@ -1,0 +1,496 @@
+"""Tests of the ``otel-sparse`` commands on runs logged through the facade with known values."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from concurrent import futures
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+import otel_sparse
+from otel_sparse import MicroMetricLogger
+from otel_sparse.analysis import count_data_points, parse_otlp_line
+from otel_sparse.cli import app, mask_env_value, parse_headers, resolve_endpoint
+
+DENSITY = "research_attention_density"
+STEPS, LAYERS, HEADS = 4, 3, 4
+
+
+def density_value(step: int, layer: int, head: int) -> float:
+    """The known density of one (step, layer, head): a multiple of 1/8."""
+    return ((step + layer + 2 * head) % 8) / 8
+
+
+def cell_values(layer: int, head: int | None = None) -> np.ndarray:
+    """Every known value of a layer (all heads) or of one (layer, head)."""
+    heads = range(HEADS) if head is None else [head]
+    return np.array([density_value(s, layer, h) for s in range(STEPS) for h in heads])
+
+
+@pytest.fixture
+def clean(fresh_logger: type[MicroMetricLogger], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fresh singleton (conftest's reset, closed afterwards); wide, untruncated tables."""
+    monkeypatch.delenv("COLUMNS", raising=False)
+
+
+@pytest.fixture
+def known_run(tmp_path: Path, clean: None, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A run of known [heads] densities per layer, with metrics.jsonl and otlp/metrics.jsonl."""
+    monkeypatch.setenv("OTEL_SPARSE_RUN_ID", "known-cli")
+    MicroMetricLogger.register_metric(DENSITY, float)
+    MicroMetricLogger.register_metric("note", str)
+    MicroMetricLogger.register_metric("loss", float)
+    run_dir = tmp_path / "run"
+    logger = otel_sparse.start_run(str(run_dir), params={"masker": "known"},
+                                   exporters=["jsonl", "otlp_file"])
+    for step in range(STEPS):
+        for layer in range(LAYERS):
+            values = np.array([density_value(step, layer, h) for h in range(HEADS)])
+            logger.log(DENSITY, values, metadata={"layer_idx": layer})
+    logger.log("note", "a string event")
+    logger.log("loss", 0.5)
+    otel_sparse.end_run(logger)
+    return run_dir
+
+
+def invoke(*args: str, env: dict[str, str] | None = None) -> Any:
+    """Run one command in-process."""
+    return CliRunner().invoke(app, list(args), env=env)
+
+
+def table_rows(output: str, first_cell: str) -> list[list[str]]:
+    """The cells of every rich table row whose first cell is ``first_cell``."""
+    rows = []
+    for line in output.splitlines():
+        if line.startswith("│"):
+            cells = [c.strip() for c in line.strip().strip("│").split("│")]
+            if cells[0] == first_cell:
+                rows.append(cells)
+    return rows
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on (right now)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class TestSummary:
+    """``otel-sparse summary``."""
+
+    def test_per_layer_numbers_equal_known_values(self, known_run: Path) -> None:
+        """count, mean, min, max, p50, p95 per layer match the logged values."""
+        result = invoke("summary", str(known_run))
+        assert result.exit_code == 0, result.output
+        assert table_rows(result.stdout, "loss") == [["loss", "-", "1", *["0.5"] * 5]]
+        rows = table_rows(result.stdout, DENSITY)
+        assert [int(r[1]) for r in rows] == list(range(LAYERS))
+        for cells in rows:
+            values = cell_values(int(cells[1]))
+            count, mean, lo, hi, p50, p95 = cells[2:8]
+            assert int(count) == values.size
+            assert float(mean) == pytest.approx(values.mean(), rel=1e-6)
+            assert float(lo) == values.min() and float(hi) == values.max()
+            assert float(p50) == pytest.approx(np.percentile(values, 50), rel=1e-6)
+            assert float(p95) == pytest.approx(np.percentile(values, 95), rel=1e-6)
+
+    def test_by_head_numbers_equal_known_values(self, known_run: Path) -> None:
+        """One row per (layer, head), same statistics."""
+        result = invoke("summary", str(known_run), "--by-head", "--metric", DENSITY)
+        assert result.exit_code == 0, result.output
+        rows = table_rows(result.stdout, DENSITY)
+        assert len(rows) == LAYERS * HEADS
+        for cells in rows:
+            values = cell_values(int(cells[1]), int(cells[2]))
+            assert int(cells[3]) == values.size
+            assert float(cells[4]) == pytest.approx(values.mean(), rel=1e-6)
+            assert float(cells[8]) == pytest.approx(np.percentile(values, 95), rel=1e-6)
+
+    def test_header_shows_the_manifest(self, known_run: Path) -> None:
+        """Run id, params, host, ranks, start and end come first."""
+        out = invoke("summary", str(known_run)).stdout
+        for text in ("known-cli", "masker=known", "start", "end", "host", "ranks",
+                     f"pid {os.getpid()}"):
+            assert text in out
+
+    def test_csv_is_exact(self, known_run: Path) -> None:
+        """--format csv prints full-precision statistics."""
+        result = invoke("summary", str(known_run), "--by-head", "--format", "csv")
+        assert result.exit_code == 0, result.output
+        frame = pd.read_csv(io.StringIO(result.stdout))
+        assert list(frame.columns) == ["metric", "layer", "head", "count", "mean", "min", "max",
+                                       "p50", "p95"]
+        density = frame[frame["metric"] == DENSITY]
+        assert len(density) == LAYERS * HEADS
+        for row in density.to_dict("records"):
+            assert row["mean"] == cell_values(int(row["layer"]), int(row["head"])).mean()
+
+    def test_json_lines(self, known_run: Path) -> None:
+        """--format json prints one object per row; a missing layer is null."""
+        result = invoke("summary", str(known_run), "--format", "json")
+        assert result.exit_code == 0, result.output
+        records = [json.loads(line) for line in result.stdout.splitlines()]
+        assert records[0] == {"metric": "loss", "layer": None, "count": 1, "mean": 0.5,
+                              "min": 0.5, "max": 0.5, "p50": 0.5, "p95": 0.5}
+        density = [r for r in records if r["metric"] == DENSITY]
+        assert [r["layer"] for r in density] == list(range(LAYERS))
+        assert density[1]["mean"] == cell_values(1).mean()
+
+    def test_parent_folder_of_runs(self, known_run: Path) -> None:
+        """A folder of runs is read as one, with a run column."""
+        result = invoke("summary", str(known_run.parent))
+        assert result.exit_code == 0, result.output
+        assert len(table_rows(result.stdout, DENSITY)) == LAYERS
+
+
+class TestErrors:
+    """Wrong path, empty run, unknown metric: exit 2, one line on stderr, no traceback."""
+
+    def check(self, result: Any, *needles: str) -> None:
+        assert result.exit_code == 2, result.output
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error:"), result.stderr
+        for needle in needles:
+            assert needle in lines[0]
+        assert "Traceback" not in result.output
+
+    def test_wrong_path(self, tmp_path: Path) -> None:
+        """Every run command names the missing path."""
+        missing = str(tmp_path / "nope")
+        self.check(invoke("summary", missing), "no such file", missing)
+        self.check(invoke("heatmap", missing, "-m", DENSITY, "-o", str(tmp_path / "x.png")),
+                   "no such file")
+        self.check(invoke("tail", missing, "--once"), "no such file")
+        self.check(invoke("replay", missing, "--endpoint", "http://127.0.0.1:1"),
+                   "no such file")
+
+    def test_empty_run(self, tmp_path: Path) -> None:
+        """A run folder without events, or with only a manifest."""
+        (tmp_path / "empty").mkdir()
+        self.check(invoke("summary", str(tmp_path / "empty")), "no events")
+        (tmp_path / "manifest-only").mkdir()
+        (tmp_path / "manifest-only" / "run.json").write_text('{"run_id": "x"}')
+        self.check(invoke("summary", str(tmp_path / "manifest-only")), "no events")
+        self.check(invoke("heatmap", str(tmp_path / "empty"), "-m", DENSITY, "-o",
+                          str(tmp_path / "x.png")), "no events")
+        self.check(invoke("tail", str(tmp_path / "empty"), "--once"), "no events")
+        self.check(invoke("replay", str(tmp_path / "empty")), "no OTLP/JSON file")
+
+    def test_unknown_metric(self, known_run: Path, tmp_path: Path) -> None:
+        """The message lists the metrics the run has."""
+        self.check(invoke("summary", str(known_run), "--metric", "nope"), "unknown metric",
+                   DENSITY)
+        self.check(invoke("heatmap", str(known_run), "-m", "nope", "-o",
+                          str(tmp_path / "x.png")), "unknown metric")
+        self.check(invoke("tail", str(known_run), "--once", "-m", "nope"), "unknown metric")
+
+    def test_metric_without_layers(self, known_run: Path, tmp_path: Path) -> None:
+        """A heatmap needs a layer/head breakdown; a string metric has no numbers at all."""
+        self.check(invoke("heatmap", str(known_run), "-m", "loss", "-o",
+                          str(tmp_path / "x.png")), "no layer/head breakdown")
+        self.check(invoke("heatmap", str(known_run), "-m", "note", "-o",
+                          str(tmp_path / "x.png")), "unknown metric")
+
+
+class TestHeatmap:
+    """``otel-sparse heatmap``."""
+
+    def test_png_and_csv(self, known_run: Path, tmp_path: Path) -> None:
+        """The PNG has the asked size and real data; the CSV holds the exact means."""
+        import matplotlib.image
+
+        png, csv = tmp_path / "out" / "density.png", tmp_path / "out" / "density.csv"
+        result = invoke("heatmap", str(known_run), "--metric", DENSITY, "-o", str(png),
+                        "--csv", str(csv), "--size", "6x4", "--dpi", "50")
+        assert result.exit_code == 0, result.output
+        image = matplotlib.image.imread(str(png))
+        assert image.shape[:2] == (200, 300)
+        # the plot area (left of the colour bar, below the title) holds several colours
+        plot = image[40:170, 40:200, :3].reshape(-1, 3)
+        assert len({tuple(px) for px in np.round(plot, 3)}) > 5
+        frame = pd.read_csv(csv, index_col="layer")
+        assert list(frame.index) == list(range(LAYERS))
+        assert list(frame.columns) == [str(h) for h in range(HEADS)]
+        for layer in range(LAYERS):
+            for head in range(HEADS):
+                assert frame.loc[layer, str(head)] == cell_values(layer, head).mean()
+
+    def test_p95(self, known_run: Path, tmp_path: Path) -> None:
+        """--stat p95 puts each cell's 95th percentile in the CSV."""
+        csv = tmp_path / "p95.csv"
+        result = invoke("heatmap", str(known_run), "-m", DENSITY, "-o", str(tmp_path / "p.png"),
+                        "--stat", "p95", "--csv", str(csv))
+        assert result.exit_code == 0, result.output
+        frame = pd.read_csv(csv, index_col="layer")
+        assert frame.loc[1, "2"] == pytest.approx(np.percentile(cell_values(1, 2), 95))
+
+    def test_title_and_labels(self, known_run: Path, tmp_path: Path,
+                              monkeypatch: pytest.MonkeyPatch) -> None:
+        """Axes are labelled head/layer, the title names metric and run, a colour bar exists."""
+        from matplotlib.figure import Figure
+
+        saved: list[Figure] = []
+        original = Figure.savefig
+
+        def keep(self: Figure, *args: Any, **kwargs: Any) -> None:
+            saved.append(self)
+            original(self, *args, **kwargs)
+
+        monkeypatch.setattr(Figure, "savefig", keep)
+        result = invoke("heatmap", str(known_run), "-m", DENSITY, "-o", str(tmp_path / "t.png"))
+        assert result.exit_code == 0, result.output
+        (fig,) = saved
+        main, colorbar = fig.axes
+        assert main.get_xlabel() == "head" and main.get_ylabel() == "layer"
+        assert DENSITY in main.get_title() and "known-cli" in main.get_title()
+        assert DENSITY in colorbar.get_ylabel()
+        data = main.images[0].get_array()
+        assert data is not None
+        assert float(data[0, 0]) == cell_values(0, 0).mean()
+
+
+class TestTail:
+    """``otel-sparse tail``."""
+
+    def test_once_prints_every_event(self, known_run: Path) -> None:
+        """--once prints each event of the file, with its layer and per-head values."""
+        result = invoke("tail", str(known_run), "--once")
+        assert result.exit_code == 0, result.output
+        lines = result.stdout.strip().splitlines()
+        assert len(lines) == STEPS * LAYERS + 2
+        first = lines[0]
+        assert DENSITY in first and "layer_idx=0" in first
+        assert "[" + " ".join(f"{density_value(0, 0, h):.6g}" for h in range(HEADS)) + "]" \
+            in first
+        assert "a string event" in lines[-2]
+        assert lines[-1].endswith("loss  0.5")
+
+    def test_once_last_lines_and_metric(self, known_run: Path) -> None:
+        """-n keeps the last events; --metric filters (the OTel name works too)."""
+        result = invoke("tail", str(known_run), "--once", "-n", "2")
+        assert len(result.stdout.strip().splitlines()) == 2
+        result = invoke("tail", str(known_run), "--once", "-m", f"sparse_attention.{DENSITY}")
+        assert len(result.stdout.strip().splitlines()) == STEPS * LAYERS
+
+    def test_follow_for_a_while(self, known_run: Path) -> None:
+        """Without --once it follows, here for a fixed duration, starting with the last 3."""
+        result = invoke("tail", str(known_run), "-n", "3", "--duration", "0.3",
+                        "--interval", "0.1")
+        assert result.exit_code == 0, result.output
+        assert len(result.stdout.strip().splitlines()) == 3
+
+    def test_default_is_newest_run(self, known_run: Path, monkeypatch: pytest.MonkeyPatch
+                                   ) -> None:
+        """Without a path, the newest run under OTEL_SPARSE_RUN_DIR."""
+        monkeypatch.setenv("OTEL_SPARSE_RUN_DIR", str(known_run.parent))
+        result = invoke("tail", "--once")
+        assert result.exit_code == 0, result.output
+        assert len(result.stdout.strip().splitlines()) == STEPS * LAYERS + 2
+
+
+def requests_from_file(run_dir: Path) -> list[Any]:
+    """The OTLP requests of a run's otlp/metrics.jsonl."""
+    lines = (run_dir / "otlp" / "metrics.jsonl").read_text().splitlines()
+    return [parse_otlp_line(line) for line in lines]
+
+
+class TestReplay:
+    """``otel-sparse replay``: parsing, and sending to in-process HTTP and gRPC servers."""
+
+    def test_parse_line_has_the_points_of_metrics_jsonl(self, known_run: Path) -> None:
+        """The last OTLP/JSON line holds the same histogram points as metrics.jsonl's totals."""
+        request = requests_from_file(known_run)[-1]
+        points: dict[tuple[int, int], tuple[int, float]] = {}
+        for rm in request.resource_metrics:
+            attrs = {a.key: a.value for a in rm.resource.attributes}
+            assert attrs["run.id"].string_value == "known-cli"
+            for sm in rm.scope_metrics:
+                for metric in sm.metrics:
+                    if metric.name != f"sparse_attention.{DENSITY}":
+                        continue
+                    assert metric.WhichOneof("data") == "histogram"
+                    for dp in metric.histogram.data_points:
+                        a = {kv.key: kv.value.int_value for kv in dp.attributes}
+                        points[(a["layer"], a["head"])] = (dp.count, dp.sum)
+        latest = {}
+        for line in (known_run / "metrics.jsonl").read_text().splitlines():
+            row = json.loads(line)
+            if row["metric"] == f"sparse_attention.{DENSITY}":
+                latest[(row["layer"], row["head"])] = (row["count"], row["sum"])
+        assert points == latest
+        assert len(points) == LAYERS * HEADS
+        assert points[(1, 2)] == (STEPS, cell_values(1, 2).sum())
+        assert count_data_points(request) >= LAYERS * HEADS
+
+    def test_http(self, known_run: Path) -> None:
+        """Each line is POSTed as protobuf to /v1/metrics, with the extra headers."""
+        from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
+            ExportMetricsServiceRequest,
+        )
+
+        received: list[tuple[str, bytes, str | None]] = []
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                received.append((self.path, body, self.headers.get("x-team")))
+                self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        server = HTTPServer(("127.0.0.1", 0), Handler)
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        try:
+            result = invoke("replay", str(known_run), "--endpoint",
+                            f"http://127.0.0.1:{server.server_address[1]}",
+                            "--protocol", "http/protobuf", "-H", "x-team=sparse")
+        finally:
+            server.shutdown()
+            server.server_close()
+        assert result.exit_code == 0, result.output
+        expected = requests_from_file(known_run)
+        assert [path for path, _, _ in received] == ["/v1/metrics"] * len(expected)
+        assert {team for _, _, team in received} == {"sparse"}
+        for (_, body, _), want in zip(received, expected, strict=True):
+            got = ExportMetricsServiceRequest()
+            got.ParseFromString(body)
+            assert got == want
+        assert f"replayed {len(expected)} request(s)" in result.stdout
+
+    def test_grpc(self, known_run: Path) -> None:
+        """With --protocol grpc each request goes to MetricsService/Export."""
+        import grpc  # type: ignore[import-untyped, unused-ignore]
+        from opentelemetry.proto.collector.metrics.v1 import (
+            metrics_service_pb2,
+            metrics_service_pb2_grpc,
+        )
+
+        received: list[Any] = []
+
+        class Service(metrics_service_pb2_grpc.MetricsServiceServicer):  # type: ignore[misc, unused-ignore]
+            def Export(self, request: Any, context: Any) -> Any:
+                received.append(request)
+                return metrics_service_pb2.ExportMetricsServiceResponse()
+
+        server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+        metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(  # type: ignore[no-untyped-call, unused-ignore]
+            Service(), server)
+        port = server.add_insecure_port("127.0.0.1:0")
+        server.start()
+        try:
+            result = invoke("replay", str(known_run), "--endpoint", f"http://127.0.0.1:{port}",
+                            "--protocol", "grpc")
+        finally:
+            server.stop(grace=None)
+        assert result.exit_code == 0, result.output
+        assert received == requests_from_file(known_run)
+
+    @pytest.mark.parametrize("protocol", ["http/protobuf", "grpc"])
+    def test_refused(self, known_run: Path, protocol: str) -> None:
+        """A closed port exits 1 with one line naming the endpoint."""
+        port = free_port()
+        result = invoke("replay", str(known_run), "--endpoint", f"http://127.0.0.1:{port}",
+                        "--protocol", protocol, "--timeout", "5")
+        assert result.exit_code == 1, result.output
+        assert f"127.0.0.1:{port}" in result.stderr and "refused" in result.stderr
+        assert "Traceback" not in result.output
+
+    def test_endpoint_and_headers(self) -> None:
+        """Endpoints get /v1/metrics for HTTP (not the per-signal variable); headers decode."""
+        assert resolve_endpoint("http://c:4318", "http/protobuf") == "http://c:4318/v1/metrics"
+        assert resolve_endpoint("c:4317", "grpc") == "http://c:4317"
+        assert resolve_endpoint(None, "http/protobuf", {
+            "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT": "http://c:9/custom"}) == "http://c:9/custom"
+        assert resolve_endpoint(None, "grpc", {}) == "http://localhost:4317"
+        assert parse_headers(["a=1,b=x%20y", "C=3"]) == {"a": "1", "b": "x y", "c": "3"}
+        with pytest.raises(ValueError, match="key=value"):
+            parse_headers(["token"])
+
+
+class TestDoctor:
+    """``otel-sparse doctor``."""
+
+    def test_runs_and_masks_headers(self, clean: None, monkeypatch: pytest.MonkeyPatch) -> None:
+        """Prints exporters, run dir, torch, endpoint state; never a header value."""
+        port = free_port()
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", f"http://127.0.0.1:{port}")
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_HEADERS", "authorization=Bearer%20s3cr3t,x-a=b")
+        result = invoke("doctor", "--timeout", "0.5")
+        assert result.exit_code == 0, result.output
+        out = result.stdout
+        assert "s3cr3t" not in out and "authorization=***" in out
+        for text in ("exporters", "jsonl", "run dir", "torch", "unreachable",
+                     f"127.0.0.1:{port}", "no problems found"):
+            assert text in out
+
+    def test_reachable_endpoint(self, clean: None, monkeypatch: pytest.MonkeyPatch) -> None:
+        """A listening port is reported reachable."""
+        with socket.socket() as listener:
+            listener.bind(("127.0.0.1", 0))
+            listener.listen()
+            port = listener.getsockname()[1]
+            monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", f"http://127.0.0.1:{port}")
+            result = invoke("doctor")
+        assert result.exit_code == 0, result.output
+        assert "reachable" in result.stdout and "unreachable" not in result.stdout
+
+    def test_problems_exit_1(self, clean: None, monkeypatch: pytest.MonkeyPatch) -> None:
+        """otlp enabled but unreachable, or a bad variable, is a problem (exit 1)."""
+        monkeypatch.setenv("OTEL_SPARSE_EXPORTERS", "jsonl,otlp")
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", f"http://127.0.0.1:{free_port()}")
+        monkeypatch.setenv("OTEL_SPARSE_EXPORT_INTERVAL", "soon")
+        result = invoke("doctor", "--timeout", "0.5")
+        assert result.exit_code == 1, result.output
+        assert "problems" in result.stdout
+        assert "OTEL_SPARSE_EXPORT_INTERVAL" in result.stdout
+
+    def test_mask_env_value(self) -> None:
+        """Header values and secret-looking variables are masked."""
+        assert mask_env_value("OTEL_EXPORTER_OTLP_METRICS_HEADERS", "a=1,b=2") == "a=***,b=***"
+        assert mask_env_value("MY_API_KEY", "x") == "***"
+        assert mask_env_value("OTEL_SERVICE_NAME", "svc") == "svc"
+
+
+def test_imports_stay_light() -> None:
+    """``import otel_sparse`` (and the CLI module) never import torch, pandas or matplotlib."""
+    code = ("import sys, otel_sparse, otel_sparse.cli, otel_sparse.analysis, otel_sparse.demo\n"
+            "print(sorted(m for m in ('torch', 'pandas', 'matplotlib') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True, timeout=120)
+    assert done.stdout.strip() == "[]"
+
+
+def test_version_and_help() -> None:
+    """--version prints the version; no arguments shows the commands."""
+    assert invoke("--version").stdout.strip() == f"otel-sparse {otel_sparse.__version__}"
+    result = invoke()
+    for command in ("demo", "summary", "heatmap", "tail", "replay", "doctor"):
+        assert command in result.output
+
+
+@pytest.fixture(autouse=True)
+def _no_stray_threads() -> Iterator[None]:
+    """Fail loudly if a test leaves a non-daemon thread behind (a server not shut down)."""
+    before = {t.ident for t in threading.enumerate()}
+    yield
+    stray = [t for t in threading.enumerate()
+             if t.ident not in before and t.is_alive() and not t.daemon]
+    assert not stray, stray
