@@ -10,6 +10,7 @@ garbage collection of the logger still flushes, as the old API promised.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import threading
@@ -38,7 +39,7 @@ from otel_sparse._instruments import (
     attribute_key,
     instrument_name,
 )
-from otel_sparse._values import HostValues
+from otel_sparse._values import HostValues, is_tensor
 from otel_sparse._version import __version__
 from otel_sparse.aggregator import Aggregator, State, SumState
 from otel_sparse.config import Settings
@@ -115,7 +116,8 @@ class ExportWorker:
         self._timeout_s = timeout_s
         self._cumulative = cumulative
         self._drops = drops
-        self._slot: deque[MetricsData] = deque(maxlen=1 if cumulative else 64)
+        self._slot: deque[tuple[MetricsData, Any]] = deque(maxlen=1 if cumulative else 64)
+        self._exported_version: Any = None
         self._cond = threading.Condition()
         self._busy = False
         self._closing = False
@@ -123,13 +125,19 @@ class ExportWorker:
         self._failing = False
         self._thread: threading.Thread | None = None
 
-    def offer(self, data: MetricsData) -> None:
-        """Queue a snapshot for export; never blocks."""
+    def offer(self, data: MetricsData, version: Any = None) -> None:
+        """Queue a snapshot for export; never blocks.
+
+        A local exporter skips a snapshot whose ``version`` (what changed the data) equals
+        that of its last successful export: files need no copy of an unchanged state.
+        """
         with self._cond:
+            if self.local and version is not None and version == self._exported_version:
+                return
             if not self._cumulative and len(self._slot) == self._slot.maxlen:
                 self._drops.add("export_queue_full", self.name,
                                 why=f"exporter {self.name} is slower than the export interval")
-            self._slot.append(data)
+            self._slot.append((data, version))
             if self._thread is None:
                 self._thread = threading.Thread(
                     target=self._run, name=f"otel-sparse-export-{self.name}", daemon=True
@@ -144,10 +152,11 @@ class ExportWorker:
                     self._cond.wait()
                 if not self._slot:
                     return
-                data = self._slot.popleft()
+                data, version = self._slot.popleft()
                 self._busy = True
             try:
-                self.export_now(data)
+                if self.export_now(data):
+                    self._exported_version = version
             finally:
                 with self._cond:
                     self._busy = False
@@ -158,7 +167,8 @@ class ExportWorker:
         try:
             result = self.exporter.export(data, timeout_millis=self._timeout_s * 1000)
             ok = result is MetricExportResult.SUCCESS
-            error = "returned FAILURE"
+            # an exporter may say why (QuietOtlpExporter: the first suppressed library line)
+            error = getattr(self.exporter, "last_error", None) or "returned FAILURE"
         except Exception as exc:
             ok, error = False, f"{type(exc).__name__}: {exc}"
         if ok:
@@ -233,6 +243,7 @@ class Pipeline:
         self._encoder = EventEncoder()
         self._series_cache: dict[str, dict[Any, State | None]] = {}
         self._state_generation = 0
+        self._batches_written = 0
         self._write_lock = threading.RLock()
         self._stop = threading.Event()
         self._event_file_failing = False
@@ -273,7 +284,27 @@ class Pipeline:
         """Make ``spec`` the way its identifier is exported from now on."""
         self.specs[spec.identifier] = spec
         self._series_cache.pop(spec.identifier, None)
-        self._names[spec.identifier] = instrument_name(self.settings.namespace, spec.identifier)
+        self._names[spec.identifier] = self._unique_name(spec.identifier)
+
+    def _unique_name(self, identifier: str) -> str:
+        """The instrument name of ``identifier``, with a short digest appended when another
+        identifier already has that name (``"密度"`` and ``"注意"`` both clean to ``"__"``)."""
+        name = instrument_name(self.settings.namespace, identifier)
+        other = next((i for i, n in self._names.items() if n == name and i != identifier), None)
+        if other is None:
+            return name
+        try:
+            text = repr(identifier)
+        except Exception:
+            text = type(identifier).__qualname__
+        digest = hashlib.blake2s(text.encode("utf-8", "surrogatepass"), digest_size=4)
+        unique = f"{name[:246]}_{digest.hexdigest()}"
+        if self._names.get(identifier) != unique:
+            _logger.warning(
+                "otel_sparse: identifiers %r and %r both make the instrument name %s; "
+                "exporting %r as %s", other, identifier, name, identifier, unique,
+            )
+        return unique
 
     def write_now(self, batch: deque[LogEvent] | None = None, export: bool = True) -> None:
         """Write every pending batch (and ``batch``) synchronously; then export local files."""
@@ -330,16 +361,22 @@ class Pipeline:
     def _write_batch(self, events: list[LogEvent]) -> None:
         if not events:
             return
+        # capture() queues arrays only as numpy copies or tensors; any other object with a
+        # .shape (a pandas Series, say) is an ordinary value for the event file.
         array_at = [i for i, ev in enumerate(events)
-                    if type(ev.value) not in (float, int) and hasattr(ev.value, "shape")]
+                    if type(ev.value) not in (float, int) and _is_array(ev.value)]
         host_by_event: dict[int, np.ndarray | None] = {}
         errors: dict[int, str] = {}
         if array_at:
-            values = HostValues([events[i].value for i in array_at])
-            while not values.ready():
-                time.sleep(_POLL_S)
-            host_by_event = dict(zip(array_at, values.arrays(), strict=True))
-            errors = {array_at[k]: why for k, why in values.errors.items()}
+            try:
+                values = HostValues([events[i].value for i in array_at])
+                while not values.ready():
+                    time.sleep(_POLL_S)
+                host_by_event = dict(zip(array_at, values.arrays(), strict=True))
+                errors = {array_at[k]: why for k, why in values.errors.items()}
+            except Exception as exc:  # the copy failed as a whole: the other lines still go out
+                host_by_event = dict.fromkeys(array_at)
+                errors = dict.fromkeys(array_at, f"{type(exc).__name__}: {exc}")
         if self._state_generation != self.aggregator.generation:
             self._series_cache.clear()
             self._state_generation = self.aggregator.generation
@@ -355,7 +392,7 @@ class Pipeline:
             state = _UNSEEN
             if not metadata:
                 metadata_key = _NO_METADATA
-            elif type(metadata) is dict:
+            elif type(metadata) is dict and len(metadata) <= _MAX_CACHED_KEYS:
                 types = tuple(map(type, metadata.values()))
                 # Only flat int/str/bool/None values: equal such dicts always encode alike
                 # (unlike 0.0 and -0.0, or (1, 2) and (True, 2)).
@@ -376,11 +413,18 @@ class Pipeline:
                     lines.append(encode(ev, None, metadata_key))
                     continue
                 lines.append(encode(ev, array.tolist(), metadata_key))
-                found = self._spec_and_key(ev)
-                if found is not None:
-                    self._stage_array(ev, found[1], array, blocks)
+                try:
+                    found = self._spec_and_key(ev)
+                    if found is not None:
+                        self._stage_array(ev, found[1], array, blocks)
+                except Exception as exc:  # one odd event must not cost the batch its lines
+                    self.drops.add("internal_error", str(ev.metric),
+                                   why=f"{type(exc).__name__}: {exc}")
                 continue
-            lines.append(encode(ev, value, metadata_key))
+            line = encode(ev, value, metadata_key)
+            lines.append(line)
+            if len(line) > _MAX_CACHED_LINE:
+                metadata_key = None  # huge metadata is not kept alive by the series cache
             try:
                 if state is _UNSEEN:
                     state = self._series_state(ev, metadata_key)
@@ -401,7 +445,12 @@ class Pipeline:
                                why=f"{type(exc).__name__}: {exc}")
         self._logged.update(ev.metric for ev in events)
         for (metric, key, shape), arrays in blocks.items():
-            self._record_block(metric, key, shape, arrays)
+            try:
+                self._record_block(metric, key, shape, arrays)
+            except Exception as exc:  # the lines of the batch are written regardless
+                self.drops.add("internal_error", str(metric), len(arrays),
+                               why=f"{type(exc).__name__}: {exc}")
+        self._batches_written += 1
         self._write_lines(lines)
 
     def _write_lines(self, lines: list[str]) -> None:
@@ -510,8 +559,10 @@ class Pipeline:
             )
         self.aggregator.overflow_events.clear()
         data = self.collect()
+        version = (self._batches_written, sum(self.drops.snapshot().values()),
+                   sum(w.failures for w in self.workers))
         for worker in self.workers:
-            worker.offer(data)
+            worker.offer(data, version)
         if wait_local:
             for worker in self.workers:
                 if worker.local:
@@ -550,6 +601,14 @@ class Pipeline:
 _NO_METADATA = ((), ())
 _UNSEEN: Any = object()
 _CACHEABLE_TYPES = frozenset({int, str, bool, type(None)})
+_MAX_CACHED_KEYS = 64
+"""Metadata with more keys is never cached: its key tuple alone would cost more than encoding."""
+_MAX_CACHED_LINE = 4096
+"""Events with longer lines (megabyte strings in metadata) keep no series-cache entry."""
+
+
+def _is_array(value: Any) -> bool:
+    return isinstance(value, np.ndarray) or is_tensor(value)
 
 
 def _take_all(batch: deque[LogEvent]) -> list[LogEvent]:

@@ -28,6 +28,17 @@ def new_run_id() -> str:
     return time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(3)
 
 
+def start_new_generated_run_id(environ: Mapping[str, str] | None = None) -> str:
+    """Begin a new run in this process (a sweep in a notebook, say), unless the environment
+    names the run: returns the run id now in force."""
+    global _generated_run_id
+    env = os.environ if environ is None else environ
+    if not any(env.get(n, "").strip() for n in (config.OTEL_SPARSE_RUN_ID,
+                                                 config.TORCHELASTIC_RUN_ID)):
+        _generated_run_id = new_run_id()
+    return resolve_run_id(env)
+
+
 def resolve_run_id(environ: Mapping[str, str] | None = None) -> str:
     """OTEL_SPARSE_RUN_ID, else TORCHELASTIC_RUN_ID (same on every torchrun rank), else one id
     generated once per process (a lone process; ranks without torchrun should set the first)."""

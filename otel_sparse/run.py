@@ -5,6 +5,7 @@ The old API keeps its own ``log_path``; ``start_run`` is what the CLI and new co
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import platform
@@ -19,7 +20,8 @@ from typing import Any
 from otel_sparse import config
 from otel_sparse._version import __version__
 from otel_sparse.facade import MicroMetricLogger
-from otel_sparse.resource import ProcessIdentity, resolve_run_id
+from otel_sparse.config import Settings
+from otel_sparse.resource import ProcessIdentity, start_new_generated_run_id
 
 MANIFEST_NAME = "run.json"
 
@@ -47,6 +49,17 @@ def write_manifest(run_dir: str, params: Mapping[str, Any] | None, **extra: Any)
     """Write (or update) ``run.json``; returns its path. Each rank writes its own entry."""
     identity = ProcessIdentity.current()
     path = os.path.join(run_dir, MANIFEST_NAME)
+    os.makedirs(run_dir, exist_ok=True)
+    # Ranks start together: serialise their read-modify-write of the one manifest.
+    with open(path + ".lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _update_manifest(path, identity, params, extra)
+
+
+def _update_manifest(
+    path: str, identity: ProcessIdentity, params: Mapping[str, Any] | None,
+    extra: Mapping[str, Any],
+) -> str:
     manifest: dict[str, Any] = {}
     if os.path.exists(path):
         try:
@@ -62,12 +75,13 @@ def write_manifest(run_dir: str, params: Mapping[str, Any] | None, **extra: Any)
     if params is not None:
         manifest["params"] = _json_safe(dict(params))
     ranks = manifest.setdefault("ranks", {})
-    ranks[str(identity.rank)] = {
-        "pid": identity.pid,
-        "host": identity.host_name,
-        "local_rank": identity.local_rank,
-        "argv": sys.argv,
-    }
+    entry = ranks.setdefault(str(identity.rank), {})
+    entry.update(pid=identity.pid, host=identity.host_name, local_rank=identity.local_rank,
+                 argv=sys.argv)
+    extra = dict(extra)
+    if "end" in extra:  # each rank stamps its own end; the run's end is the latest
+        entry["end"] = extra["end"]
+        extra["end"] = max(str(r.get("end", "")) for r in ranks.values())
     manifest.update(_json_safe(extra))
     tmp = f"{path}.{os.getpid()}.tmp"
     with open(tmp, "w", encoding="utf-8") as f:
@@ -99,11 +113,14 @@ def start_run(
         >>> import otel_sparse                                        # doctest: +SKIP
         >>> logger = otel_sparse.start_run(params={"masker": "topk", "k": 32})  # doctest: +SKIP
     """
-    path = run_dir or os.path.join(default_runs_dir(), resolve_run_id())
+    run_id = start_new_generated_run_id()
+    path = run_dir or os.path.join(default_runs_dir(), run_id)
     logger = MicroMetricLogger()
     metrics: list[str] | str = (
         enabled_metrics if isinstance(enabled_metrics, str) else list(enabled_metrics)
     )
+    if exporters is None:  # a new run starts from the environment's choice, not the last run's
+        exporters = list(Settings.from_env().exporters) or ["none"]
     logger.configure_logging(path, metrics, max_records=max_records,
                              sampling_factor=sampling_factor, exporters=exporters)
     write_manifest(path, params, started_unix=time.time())

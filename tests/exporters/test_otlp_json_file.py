@@ -57,3 +57,24 @@ class TestOtlpJsonFile:
         point = metric["histogram"]["dataPoints"][0]
         assert metric["histogram"]["aggregationTemporality"] == 2
         assert isinstance(point["timeUnixNano"], str) and point["count"] == "1"
+
+    def test_unchanged_state_is_not_written_again(
+        self, fresh_logger: type[MicroMetricLogger], tmp_path: Path
+    ) -> None:
+        """Flushes without new data add no line; new data adds exactly one."""
+        fresh_logger.register_metric(DENSITY, float)
+        logger = fresh_logger(log_path=str(tmp_path), enabled_metrics="all",
+                              exporters=["otlp_file"])
+        logger.log(DENSITY, 0.5)
+        logger.flush()
+        logger.flush()
+        logger.log(DENSITY, 0.25)
+        logger.flush()
+        logger.close()
+        lines = (tmp_path / "otlp" / "metrics.jsonl").read_text().splitlines()
+        counts = [
+            json.loads(line)["resourceMetrics"][0]["scopeMetrics"][0]["metrics"][0]["histogram"]
+            ["dataPoints"][0]["count"]
+            for line in lines
+        ]
+        assert counts == ["1", "2"]
