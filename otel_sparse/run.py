@@ -50,10 +50,14 @@ def write_manifest(run_dir: str, params: Mapping[str, Any] | None, **extra: Any)
     identity = ProcessIdentity.current()
     path = os.path.join(run_dir, MANIFEST_NAME)
     os.makedirs(run_dir, exist_ok=True)
-    # Ranks start together: serialise their read-modify-write of the one manifest.
-    with open(path + ".lock", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    # Ranks start together: serialise their read-modify-write of the one manifest with a
+    # lock on the run folder itself (no stray lock file among the run's files).
+    folder = os.open(run_dir, os.O_RDONLY)
+    try:
+        fcntl.flock(folder, fcntl.LOCK_EX)
         return _update_manifest(path, identity, params, extra)
+    finally:
+        os.close(folder)
 
 
 def _update_manifest(
