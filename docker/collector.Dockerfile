@@ -5,7 +5,7 @@
 #
 #   docker build -f docker/collector.Dockerfile -t otelcol-sparse:dev collector-config
 #
-# The build context is collector-config/ (manifest.yaml and stubs/). docker compose
+# The build context is collector-config/ (only manifest.yaml is used). docker compose
 # (docker/docker-compose.yml) builds it the same way. A cold build downloads and compiles
 # the Collector's modules: about 15 minutes on 2 cores; the cache mounts make rebuilds fast.
 #
@@ -16,10 +16,10 @@ ARG GO_VERSION=1.26
 
 FROM golang:${GO_VERSION}-bookworm AS build
 WORKDIR /src
-# The context is collector-config/: the manifest and the placeholder modules its `replaces`
-# name as ../stubs relative to the output path (/src/dist), as in scripts/build-collector.sh.
+# The context is collector-config/. The manifest has no `replaces` at v0.145.0, so it is
+# all the builder needs (if a later train needs placeholder modules again, copy them to
+# /src/stubs, next to the output path /src/dist, as scripts/build-collector.sh does).
 COPY manifest.yaml ./manifest.yaml
-COPY stubs/ ./stubs/
 RUN --mount=type=cache,target=/root/.cache/go-build \
     --mount=type=cache,target=/go/pkg/mod \
     set -eu; \

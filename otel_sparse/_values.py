@@ -48,7 +48,11 @@ def _keep(value: Any) -> Any:
 
 
 def _numpy_scalar(value: Any) -> Any:
-    return value.item()
+    item = value.item()
+    if isinstance(item, np.generic):  # longdouble/clongdouble: no exact Python type exists
+        kind = value.dtype.kind
+        item = float(item) if kind == "f" else complex(item) if kind == "c" else item
+    return item
 
 
 def _numpy_array(value: Any) -> Any:
@@ -136,7 +140,11 @@ class HostValues:
 
         if tensors[0].is_meta:
             raise ValueError("a meta tensor holds no data")
-        stacked = torch.stack(tensors)
+        if tensors[0].layout != torch.strided:  # sparse COO/CSR/...: numpy wants them dense
+            tensors = [t.to_dense() for t in tensors]
+        if tensors[0].is_quantized:
+            tensors = [t.dequantize() for t in tensors]
+        stacked = torch.stack(tensors).resolve_conj().resolve_neg()
         if stacked.dtype in (torch.bfloat16, torch.float16):
             stacked = stacked.float()  # numpy has no bfloat16
         if stacked.is_cuda:
@@ -157,7 +165,12 @@ class HostValues:
     def arrays(self) -> list[np.ndarray | None]:
         """One host array per input value; call only once ``ready()`` is True."""
         for indices, host, _ in self._pending:
-            stacked = host.numpy()
+            try:
+                stacked = host.numpy()
+            except Exception as exc:  # a dtype numpy lacks: these values alone are lost
+                for i in indices:
+                    self.errors[i] = f"{type(exc).__name__}: {exc}"
+                continue
             for row, i in zip(stacked, indices, strict=True):
                 self._arrays[i] = row
         self._pending = []

@@ -128,8 +128,8 @@ class Aggregator:
 
     def _state(self, name: str, spec: MetricSpec, key: AttributeKey, points: int = 1) -> State:
         series = self._metrics.get(name)
-        if series is None:
-            series = self._metrics[name] = _MetricSeries(spec)
+        if series is None or series.spec is not spec:
+            series = self._series_for(name, spec)
         state = series.states.get(key)
         if state is None:
             if len(series.states) >= self._max_series and key != _OVERFLOW_KEY:
@@ -140,6 +140,19 @@ class Aggregator:
             state = series.states[key] = series.new_state()
             series.attributes[key] = dict(key)
         return state
+
+    def _series_for(self, name: str, spec: MetricSpec) -> _MetricSeries:
+        """The series of ``name`` under ``spec``. Re-registered with another kind or other
+        bucket bounds, the metric starts over: old states cannot hold the new values."""
+        series = self._metrics.get(name)
+        if series is not None:
+            old = series.spec
+            if old.kind is spec.kind and old.boundaries == spec.boundaries:
+                series.spec = spec
+                return series
+            self.generation += 1  # states handed out under the old kind are void
+        series = self._metrics[name] = _MetricSeries(spec)
+        return series
 
     @property
     def start_ns(self) -> int:

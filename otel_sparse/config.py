@@ -95,6 +95,13 @@ OTEL_SPARSE_OTLP_FILE = "OTEL_SPARSE_OTLP_FILE"
 Default ``<run dir>/otlp/metrics.jsonl``.
 """
 
+OTEL_SPARSE_SIGTERM_HANDLER = "OTEL_SPARSE_SIGTERM_HANDLER"
+"""``true`` (default): on SIGTERM, close every logger, then run the previous handler.
+
+Installed from the main thread when logging is configured, only over ``SIG_DFL`` (then the
+process still dies of SIGTERM) or a Python handler (which then runs). ``false``: never.
+"""
+
 EXPORTER_NAMES = frozenset({"jsonl", "otlp", "otlp_file", "console", "none"})
 DEFAULT_EXPORTERS = ("jsonl",)
 
@@ -154,6 +161,13 @@ def _temporality(raw: str) -> str:
     if value not in ("cumulative", "delta"):
         raise ValueError("must be 'cumulative' or 'delta'")
     return value
+
+
+def sigterm_handler_enabled(environ: Mapping[str, str] | None = None) -> bool:
+    """Whether ``OTEL_SPARSE_SIGTERM_HANDLER`` allows the SIGTERM handler (default yes)."""
+    env = os.environ if environ is None else environ
+    raw = env.get(OTEL_SPARSE_SIGTERM_HANDLER, "").strip().lower()
+    return raw not in ("false", "0", "no", "off")
 
 
 def parse_exporters(raw: str) -> tuple[str, ...]:

@@ -13,8 +13,10 @@ import contextlib
 import itertools
 import logging
 import multiprocessing.util
+import numbers
 import os
 import random
+import signal
 import sys
 import threading
 import time
@@ -34,7 +36,7 @@ from otel_sparse._instruments import (
     make_spec,
 )
 from otel_sparse._values import Refusal, capture
-from otel_sparse.config import Settings, parse_exporters
+from otel_sparse.config import Settings, parse_exporters, sigterm_handler_enabled
 from otel_sparse.event import LogEvent
 from otel_sparse.pipeline import DropCounter, Pipeline
 
@@ -42,6 +44,10 @@ _logger = logging.getLogger("otel_sparse")
 
 QUEUE_MAXLEN = 10000
 """``log_queue.maxlen``, as in the old API; a batch is handed over before it could overflow."""
+_HANDOFF_HEADROOM = 256
+"""Room left in the queue above the hand-off size: between one thread's length check and
+its swap, each other thread may still append one event, and a full deque would silently
+drop the oldest. ``flush_every`` above ``QUEUE_MAXLEN - 256`` hands over at that size."""
 
 _now = datetime.now
 _getframe = sys._getframe
@@ -109,6 +115,10 @@ class MicroMetricLogger(metaclass=_SingletonMeta):
             exporters: metric exporters: names (``jsonl``, ``otlp``, ``otlp_file``,
                 ``console``) and/or ``MetricExporter`` instances; default from
                 ``OTEL_SPARSE_EXPORTERS``, else ``jsonl``.
+
+        Raises:
+            TypeError, ValueError: ``max_records`` that is neither None nor a number. Other
+                odd arguments log a warning and take their default (docs/bad-input.md).
         """
         if MicroMetricLogger._initialized and getattr(self, "_ready", False):
             if self.log_path and log_path and self.log_path != log_path:
@@ -116,6 +126,12 @@ class MicroMetricLogger(metaclass=_SingletonMeta):
                     f"Warning: MicroMetricLogger already initialized with log_path: {self.log_path}"
                 )
             return
+        try:
+            max_records = _check_max_records(max_records)
+        except (TypeError, ValueError):
+            if not getattr(self, "_ready", False):
+                type(self)._instance = None  # leave no half-built singleton behind
+            raise
         pipeline: Pipeline | None = getattr(self, "_pipeline", None)
         if pipeline is not None:  # _initialized was reset on a live instance: start over
             pipeline.close()
@@ -132,7 +148,7 @@ class MicroMetricLogger(metaclass=_SingletonMeta):
         self._capped_now = False
         self._is_fork_child = False
         self.flush_every = flush_every
-        self.flush_interval = flush_interval
+        self.flush_interval = _check_interval(flush_interval)
         self.log_queue: deque[LogEvent] = _new_queue()
         self.enabled_metrics = set()
         self.last_flush_time = time.time()
@@ -175,6 +191,10 @@ class MicroMetricLogger(metaclass=_SingletonMeta):
             ValueError: options that cannot describe an instrument (at registration, never
                 later inside ``log()``).
         """
+        if not _hashable(identifier):
+            raise TypeError(
+                f"metric identifiers must be strings, got unhashable {type(identifier).__name__}"
+            )
         spec = make_spec(identifier, dtype, kind=kind, unit=unit, description=description,
                          boundaries=boundaries, attributes=attributes)
         if identifier in cls._registered_metrics:
@@ -231,6 +251,11 @@ class MicroMetricLogger(metaclass=_SingletonMeta):
                 print(f"Warning: Attempting to enable unregistered metrics: {invalid}")
             self.enabled_metrics = wanted & set(registered)
         else:
+            if metrics is not None:  # the old API enables nothing here; say so, once a call
+                _logger.warning(
+                    "otel_sparse: enable_metrics expects 'all', a list or a set of identifiers, "
+                    "got %s; no metric is enabled", _describe(metrics),
+                )
             self.enabled_metrics = set()
 
     def is_metric_enabled(self, identifier: str) -> bool:
@@ -245,7 +270,7 @@ class MicroMetricLogger(metaclass=_SingletonMeta):
         pipeline = getattr(self, "_pipeline", None)
         if pipeline is None:
             return
-        for identifier in self._enabled:
+        for identifier in _stable_order(self._enabled):
             spec = self._spec_for(identifier)
             if spec is not None:
                 pipeline.enable(spec)
@@ -310,10 +335,13 @@ class MicroMetricLogger(metaclass=_SingletonMeta):
         return self._flush_every
 
     @flush_every.setter
-    def flush_every(self, value: int) -> None:
-        self._flush_every = value
+    def flush_every(self, value: Any) -> None:
+        if not isinstance(value, numbers.Real) or value != value:
+            _logger.warning("otel_sparse: flush_every=%r is not a number; using 1000", value)
+            value = 1000
+        self._flush_every: int = value  # as given: float("inf") and 0 included
         # The queue is a deque(maxlen=10000): hand over before it could drop anything.
-        self._handoff_at = max(1, min(int(value), QUEUE_MAXLEN))
+        self._handoff_at = int(max(1, min(value, QUEUE_MAXLEN - _HANDOFF_HEADROOM)))
 
     def _capped(self, identifier: str) -> bool:
         """True (and counted) once ``max_records`` events were recorded."""
@@ -371,8 +399,20 @@ class MicroMetricLogger(metaclass=_SingletonMeta):
             print(message)
 
     def _internal_error(self, identifier: Any, exc: Exception) -> None:
-        self._drops.add("internal_error", str(identifier)[:200],
-                        why=f"{type(exc).__name__}: {exc}")
+        """Count what made ``log()`` fail. Never raises, whatever the identifier or error."""
+        try:
+            if not _hashable(identifier):  # cannot be registered, so never enabled: step 2
+                self._not_logged(identifier)
+                return
+            reason, name = "internal_error", str(identifier)[:200]
+        except Exception:  # an identifier whose str() or repr() raises
+            reason, name = "invalid_identifier", f"<{type(identifier).__qualname__}>"
+        try:
+            why = f"{type(exc).__name__}: {exc}"
+        except Exception:
+            why = type(exc).__name__
+        with contextlib.suppress(Exception):
+            self._drops.add(reason, name, why=why)
 
     # -- configuration after construction ------------------------------------------------
 
@@ -385,13 +425,20 @@ class MicroMetricLogger(metaclass=_SingletonMeta):
     def log_path(self, path: str | None) -> None:
         if path == self._log_path and (path is None or self._pipeline is not None):
             return
-        if self._pipeline is not None:
-            self._pipeline.close()
-            self._pipeline = None
-        self._log_path = path
+        with self._lock:  # path and pipeline change together for threads handing off batches
+            pipeline, self._pipeline = self._pipeline, None
+            self._log_path = path
+        if pipeline is not None:
+            pipeline.close()
         if path is not None:
             os.makedirs(path, exist_ok=True)
-            self._pipeline_or_start()
+            try:
+                with self._lock:
+                    self._pipeline_or_start()  # builds the exporters: OtlpConfigError here
+            except Exception:
+                self._log_path = None
+                raise
+            _install_sigterm_handler()
 
     def configure_logging(
         self,
@@ -405,12 +452,18 @@ class MicroMetricLogger(metaclass=_SingletonMeta):
         """Set the path (creating it), enable metrics, set both limits, reset the total.
 
         ``exporters`` (names and/or MetricExporter instances) replaces the metric exporters.
+
+        Raises:
+            TypeError, ValueError: ``max_records`` that is neither None nor a number.
         """
+        max_records = _check_max_records(max_records)
         if exporters is not None:
             wanted = _ExporterChoice.parse(exporters)
             if wanted != self._exporters and self._pipeline is not None:
-                self._pipeline.close()
-                self._pipeline = None
+                with self._lock:
+                    pipeline, self._pipeline = self._pipeline, None
+                if pipeline is not None:
+                    pipeline.close()
             self._exporters = wanted
         self.log_path = log_path
         self.enable_metrics(enabled_metrics)
@@ -513,9 +566,15 @@ class MicroMetricLogger(metaclass=_SingletonMeta):
         with self._lock:
             queue = self.log_queue
             self.log_queue = _new_queue()
-        if queue or self._pipeline is not None:
+            pipeline = self._pipeline
+            if queue:
+                # Submitted under the lock, like every swap: batches reach the writer in
+                # the order they were swapped out, so each thread's events stay in order.
+                pipeline = self._pipeline_or_start()
+                pipeline.submit(queue)
+        if pipeline is not None:
             # The writer pops the events from ``queue``: it is empty once this returns.
-            self._pipeline_or_start().write_now(queue)
+            pipeline.write_now()
 
     def close(self) -> None:
         """Flush, export a last time and stop the background threads (restart on next use)."""
@@ -523,7 +582,8 @@ class MicroMetricLogger(metaclass=_SingletonMeta):
             return
         if self._log_path is not None:
             self.flush()
-        pipeline, self._pipeline = self._pipeline, None
+        with self._lock:  # detached first: no other thread hands a batch to a closing pipeline
+            pipeline, self._pipeline = self._pipeline, None
         if pipeline is not None:
             pipeline.close()
 
@@ -545,7 +605,11 @@ class MicroMetricLogger(metaclass=_SingletonMeta):
         return pipeline
 
     def _take_stale_queue(self, max_age_s: float) -> deque[LogEvent] | None:
-        """Called by the writer: the queue, if its oldest event waited ``max_age_s``."""
+        """Called by the writer: the queue, if its oldest event waited ``max_age_s``.
+
+        Submitted here, under the lock (then None is returned), when a pipeline exists: a
+        batch swapped out here and submitted later could reach the writer after a newer one.
+        """
         max_age_s = min(max_age_s, self.flush_interval)
         with self._lock:
             queue = self.log_queue
@@ -553,6 +617,9 @@ class MicroMetricLogger(metaclass=_SingletonMeta):
                 return None
             self.log_queue = _new_queue()
             self.last_flush_time = time.time()
+            if self._pipeline is not None:
+                self._pipeline.submit(queue)
+                return None
             return queue
 
     def _after_fork_in_child(self) -> None:
@@ -676,6 +743,46 @@ def _clamp_sampling(value: float) -> float:
     return max(0.0, min(1.0, number))
 
 
+def _check_max_records(value: Any) -> Any:
+    """``max_records`` as given if it is None or a number; raises (at configuration) if not."""
+    if value is None:
+        return None
+    if not isinstance(value, numbers.Real):
+        raise TypeError(f"max_records must be None or a number of events, got {value!r}")
+    if value != value:
+        raise ValueError("max_records must be None or a number of events, got NaN")
+    if value < 0:
+        _logger.warning("otel_sparse: max_records=%r is negative: no event will be recorded",
+                        value)
+    return value
+
+
+def _check_interval(value: Any) -> Any:
+    """``flush_interval`` as given if it is a number; else a warning and the default, 60.0."""
+    if isinstance(value, numbers.Real) and value == value:
+        return value
+    _logger.warning("otel_sparse: flush_interval=%r is not a number; using 60.0", value)
+    return 60.0
+
+
+def _describe(value: Any) -> str:
+    """A short description of a value for a warning; never raises."""
+    try:
+        text = repr(value)
+    except Exception:
+        text = "?"
+    text = text if len(text) <= 80 else text[:77] + "..."
+    return f"{type(value).__name__} {text}"
+
+
+def _stable_order(identifiers: Iterable[Any]) -> list[Any]:
+    """Identifiers sorted by repr (set order differs between processes), as given if not."""
+    try:
+        return sorted(identifiers, key=repr)
+    except Exception:
+        return list(identifiers)
+
+
 def _hashable(value: Any) -> bool:
     try:
         hash(value)
@@ -695,6 +802,60 @@ def _close_all() -> None:
             logger.close()
         except Exception:
             _logger.exception("otel_sparse: final flush failed")
+
+
+_previous_sigterm: Any = None
+_SIGNAL_CLOSE_SLACK_S = 10.0
+"""Seconds a SIGTERM close may take beyond the shutdown timeout (writing queued events)."""
+
+
+def _install_sigterm_handler() -> None:
+    """Put ``_on_sigterm`` in front of the SIGTERM handler: main thread only, once, if allowed.
+
+    Only over ``SIG_DFL`` or a Python callable: ``SIG_IGN`` and handlers installed outside
+    Python stay as they are.
+    """
+    global _previous_sigterm
+    if threading.current_thread() is not threading.main_thread():
+        return
+    try:
+        current = signal.getsignal(signal.SIGTERM)
+        if current is _on_sigterm or not sigterm_handler_enabled():
+            return
+        if current is not signal.SIG_DFL and not callable(current):
+            return
+        signal.signal(signal.SIGTERM, _on_sigterm)
+    except (ValueError, OSError, AttributeError):  # no SIGTERM here, or not allowed
+        return
+    _previous_sigterm = current
+
+
+def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    """Close every logger (bounded), then do what the previous handler would have done."""
+    try:
+        _close_all_for_signal()
+    except Exception:
+        _logger.exception("otel_sparse: final flush on SIGTERM failed")
+    previous = _previous_sigterm
+    if callable(previous):
+        previous(signum, frame)
+        return
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # die of SIGTERM, as without us
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _close_all_for_signal() -> None:
+    # The handler runs on the main thread between two bytecodes, possibly inside one of our
+    # locked sections: closing there could wait on itself. A helper thread closes instead,
+    # and the wait for it is bounded.
+    pipelines = [lg._pipeline for lg in live_loggers() if lg._pipeline is not None]
+    limit = max((p.settings.shutdown_timeout_s for p in pipelines), default=3.0)
+    closer = threading.Thread(target=_close_all, name="otel-sparse-sigterm", daemon=True)
+    closer.start()
+    closer.join(limit + _SIGNAL_CLOSE_SLACK_S)
+    if closer.is_alive():
+        _logger.warning("otel_sparse: SIGTERM: the final flush did not finish in time; "
+                        "events of the last moments may be missing")
 
 
 def _after_fork_in_child() -> None:

@@ -331,7 +331,8 @@ class Pipeline:
 
     def _run(self) -> None:
         tick = min(0.25, self.settings.write_delay_s / 4)
-        while not self._stop.wait(tick):
+        # No pause while batches wait: _drain() takes what was pending when it began.
+        while not self._stop.wait(0 if self._pending else tick):
             owner = self._owner_ref()
             if owner is None:
                 return
@@ -348,7 +349,9 @@ class Pipeline:
                 _logger.exception("otel_sparse: background writer error (continuing)")
 
     def _drain(self) -> None:
-        while self._pending:
+        # Only the batches pending now: threads that keep logging must not keep a flush()
+        # or close() draining forever (later batches wait for the next round).
+        for _ in range(len(self._pending)):
             with self._pending_lock:
                 batch = self._pending.popleft()
                 self._pending_events -= len(batch)

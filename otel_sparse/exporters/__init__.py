@@ -8,7 +8,7 @@ import sys
 from opentelemetry.sdk.metrics.export import ConsoleMetricExporter, MetricExporter
 
 from otel_sparse.exporters.jsonl import METRICS_FILE_NAME, JsonlMetricExporter
-from otel_sparse.exporters.otlp import make_otlp_exporter
+from otel_sparse.exporters.otlp import QuietOtlpExporter, make_otlp_exporter
 from otel_sparse.exporters.otlp_json_file import OTLP_FILE_NAME, OtlpJsonFileExporter
 
 __all__ = [
@@ -31,7 +31,7 @@ def build_exporter(
             otlp_file = os.path.join(log_path, base + file_suffix + ext)
         return OtlpJsonFileExporter(otlp_file)
     if name == "otlp":
-        return make_otlp_exporter()
+        return QuietOtlpExporter(make_otlp_exporter())  # library log lines: one report
     if name == "console":
         return ConsoleMetricExporter(out=sys.stderr)
     raise ValueError(f"unknown exporter {name!r}")

@@ -16,6 +16,7 @@ import os
 _logger = logging.getLogger("otel_sparse")
 
 _CHUNK = 1 << 20  # bytes per write(): large enough to be cheap, small enough to be whole
+_recreated: set[str] = set()  # folders found deleted and created again (warned once each)
 
 
 def _repair_torn_tail(fd: int, path: str) -> None:
@@ -48,14 +49,24 @@ class AppendOnlyFile:
     def __init__(self, path: str) -> None:
         self.path = path
         self._checked_tail = False
+        self._opened = False
 
     def _open(self) -> int:
         flags = os.O_RDWR | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
         try:
-            return os.open(self.path, flags, 0o666)  # the user's umask applies
+            fd = os.open(self.path, flags, 0o666)  # the user's umask applies
         except FileNotFoundError:
-            os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
-            return os.open(self.path, flags, 0o666)
+            folder = os.path.dirname(self.path) or "."
+            if self._opened and folder not in _recreated:  # deleted mid-run: say so once
+                _recreated.add(folder)
+                _logger.warning(
+                    "otel_sparse: folder %s disappeared during the run; creating it again "
+                    "(lines written before are gone with it)", folder,
+                )
+            os.makedirs(folder, exist_ok=True)
+            fd = os.open(self.path, flags, 0o666)
+        self._opened = True
+        return fd
 
     def append_lines(self, lines: list[bytes]) -> None:
         """Append lines (without newlines); raises OSError if the disk refuses them."""

@@ -26,27 +26,49 @@ EVENT_FILE_NAME = "micro_metrics.jsonl"
 _encode = json.JSONEncoder().encode
 _dumps = orjson.dumps  # a naive datetime comes out exactly as isoformat(), in quotes
 _warned_unserialisable = False
+_JSON_KEY_TYPES = (str, int, float, bool)  # json.dumps writes these keys itself
+MAX_CACHED_METADATA = 1024
+"""Longer encoded metadata is encoded per event, never cached (bounds the cache's memory)."""
 
 
 def _jsonable(value: Any, depth: int = 0) -> Any:
     """A JSON-encodable copy: unknown objects become their repr, odd keys become strings."""
-    if value is None or isinstance(value, (str, bool, int, float)):
+    if value is None or isinstance(value, (str, bool, float)):
+        return value
+    if isinstance(value, int):
+        try:
+            int.__repr__(value)
+        except ValueError:  # beyond sys.get_int_max_str_digits(): json.dumps cannot write it
+            return f"<int of {value.bit_length()} bits>"
         return value
     if depth > 64:
-        return repr(value)
-    if isinstance(value, dict):
-        return {
-            k if isinstance(k, str) else str(k): _jsonable(v, depth + 1) for k, v in value.items()
-        }
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v, depth + 1) for v in value]
-    item = getattr(value, "item", None)
-    if callable(item) and type(value).__module__ == "numpy" and getattr(value, "ndim", 1) == 0:
-        return _jsonable(item(), depth + 1)
-    tolist = getattr(value, "tolist", None)
-    if callable(tolist) and type(value).__module__ == "numpy":
-        return tolist()
-    return repr(value)
+        return _safe_repr(value)
+    try:
+        if isinstance(value, dict):
+            return {
+                k if k is None or type(k) in _JSON_KEY_TYPES else _safe_repr(k, str):
+                _jsonable(v, depth + 1)
+                for k, v in value.items()
+            }
+        if isinstance(value, (list, tuple)):
+            return [_jsonable(v, depth + 1) for v in value]
+        item = getattr(value, "item", None)
+        if callable(item) and type(value).__module__ == "numpy" and getattr(value, "ndim", 1) == 0:
+            return _jsonable(item(), depth + 1)
+        tolist = getattr(value, "tolist", None)
+        if callable(tolist) and type(value).__module__ == "numpy":
+            return _jsonable(tolist(), depth + 1)
+    except Exception:  # a container or numpy object that fails to convert: its repr below
+        pass
+    return _safe_repr(value)
+
+
+def _safe_repr(value: Any, to_text: Any = repr) -> str:
+    """``repr(value)`` (or ``str``); a placeholder naming the type if that raises."""
+    try:
+        return str(to_text(value))
+    except Exception:
+        return f"<unrepresentable {type(value).__qualname__}>"
 
 
 def _float_json(value: float) -> str:
@@ -94,7 +116,7 @@ class EventEncoder:
             metadata_json = self._metadata.get(metadata_key) if metadata_key is not None else None
             if metadata_json is None:
                 metadata_json = _encode(event.metadata)
-                if metadata_key is not None:
+                if metadata_key is not None and len(metadata_json) <= MAX_CACHED_METADATA:
                     if len(self._metadata) > 100_000:
                         self._metadata.clear()
                     self._metadata[metadata_key] = metadata_json
@@ -138,7 +160,7 @@ def encode_event(event: LogEvent, value: Any) -> str:
         record["context"] = context.values
     try:
         return _encode(record)
-    except (TypeError, ValueError, RecursionError) as exc:
+    except Exception as exc:  # TypeError/ValueError mostly; also anything a __repr__ raises
         if not _warned_unserialisable:
             _warned_unserialisable = True
             _logger.warning(
@@ -150,7 +172,13 @@ def encode_event(event: LogEvent, value: Any) -> str:
         record["metric"] = _jsonable(event.metric)
         if context is not None:
             record["context"] = _jsonable(context.values)
-        return _encode(record)
+        try:
+            return _encode(record)
+        except Exception:  # still not writable (a dict key json.dumps refuses): plain text
+            for name in ("value", "metadata", "metric", "context"):
+                if name in record and not isinstance(record[name], str):
+                    record[name] = _safe_repr(record[name])
+            return _encode(record)
 
 
 def is_non_finite(value: Any) -> bool:

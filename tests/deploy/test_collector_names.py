@@ -1,6 +1,6 @@
 """The otelcol_* names in the alerts and dashboards are the ones our Collector configs expose.
 
-Read from a running otelcol-sparse v0.155.0 (collector-config/gateway.yaml) at :8888/metrics.
+Read from a running otelcol-sparse v0.145.0 (collector-config/gateway.yaml) at :8888/metrics.
 The configs' telemetry reader sets without_type_suffix and without_units, so counters have
 no _total suffix (otelcol_exporter_sent_metric_points, not ..._total). If a config drops
 those settings, the names change: update docker/prometheus/rules/alerts.yml, the
@@ -17,7 +17,7 @@ from _deploy import COLLECTOR_CONFIG, DASHBOARDS_DIR, REPO, RULES_DIR, load_modu
 
 dashboards_mod = load_module(REPO / "tests" / "integration" / "dashboards.py", "_dashboards")
 
-# Observed on otelcol-sparse v0.155.0; the enqueue_failed counter follows the same scheme
+# Observed on otelcol-sparse v0.145.0 (the same on v0.155.0); the enqueue_failed counter follows the same scheme
 # (exporterhelper metadata: exporter_enqueue_failed_metric_points) but appears only once a
 # queue has overflowed.
 VERIFIED = {

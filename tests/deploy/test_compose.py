@@ -177,7 +177,7 @@ class TestCollectorService:
 
     def test_remote_write_goes_to_prometheus_receiver(self, gateway, prometheus):
         """The gateway pushes to the prometheus service, started with the receiver flag."""
-        url = gateway["exporters"]["prometheus_remote_write"]["endpoint"]
+        url = gateway["exporters"]["prometheusremotewrite"]["endpoint"]
         container_port = _published(prometheus)[9090]
         assert url == f"http://prometheus:{container_port}/api/v1/write"
         assert "--web.enable-remote-write-receiver" in prometheus["command"]

@@ -20,6 +20,8 @@ REQUIRED_ENV = {
     "OTEL_SPARSE_REMOTE_WRITE_URL": "http://127.0.0.1:9090/api/v1/write",
 }
 KINDS = ("receivers", "processors", "exporters", "extensions", "connectors")
+# Test-only configs (not shipped) that use components the shipped ones do not.
+REPLAY_CONFIG = Path(__file__).resolve().parent / "configs" / "replay.yaml"
 
 
 def run_otelcol(
@@ -70,6 +72,31 @@ def test_required_variable_missing_fails(otelcol_bin: Path, config: str, variabl
     assert "endpoint" in done.stderr
 
 
+def test_replay_config_validates(otelcol_bin: Path, tmp_path: Path) -> None:
+    """The otlpjsonfile receiver is built in: a config reading a glob validates."""
+    include = str(tmp_path / "otlp" / "*.jsonl")
+    done = run_otelcol(
+        otelcol_bin, "validate", "--config", str(REPLAY_CONFIG),
+        env={"OTEL_SPARSE_REPLAY_INCLUDE": include},
+    )
+    assert done.returncode == 0, done.stderr
+    receiver = yaml.safe_load(REPLAY_CONFIG.read_text())["receivers"]["otlpjsonfile"]
+    assert receiver["start_at"] == "beginning"
+    assert receiver["include"] == ["${env:OTEL_SPARSE_REPLAY_INCLUDE}"]
+
+
+def test_replay_config_rejects_bad_start_at(otelcol_bin: Path, tmp_path: Path) -> None:
+    """validate really checks the receiver's settings (not just that the type exists)."""
+    config = tmp_path / "bad.yaml"
+    config.write_text(REPLAY_CONFIG.read_text().replace("start_at: beginning", "start_at: middle"))
+    done = run_otelcol(
+        otelcol_bin, "validate", "--config", str(config),
+        env={"OTEL_SPARSE_REPLAY_INCLUDE": str(tmp_path / "*.jsonl")},
+    )
+    assert done.returncode != 0
+    assert "otlpjsonfile" in done.stderr and "middle" in done.stderr, done.stderr
+
+
 def test_components_match_manifest(otelcol_bin: Path, manifest: dict[str, Any]) -> None:
     """`otelcol-sparse components` lists exactly the manifest's modules, kind by kind."""
     done = run_otelcol(otelcol_bin, "components")
@@ -87,11 +114,12 @@ def test_components_match_manifest(otelcol_bin: Path, manifest: dict[str, Any]) 
 
 
 def test_configs_use_only_built_components(otelcol_bin: Path) -> None:
-    """Each component type in a shipped config is one the binary lists."""
+    """Each component type in a shipped config (or the replay test config) is one the binary
+    lists."""
     listed = yaml.safe_load(run_otelcol(otelcol_bin, "components").stdout)
-    for config in SHIPPED_CONFIGS:
-        doc = yaml.safe_load((CONFIG_DIR / config).read_text())
+    for config in (*(CONFIG_DIR / c for c in SHIPPED_CONFIGS), REPLAY_CONFIG):
+        doc = yaml.safe_load(config.read_text())
         for kind in ("receivers", "processors", "exporters", "extensions"):
             names = {c["name"] for c in listed.get(kind) or []}
             for key in doc.get(kind) or {}:
-                assert key.split("/")[0] in names, f"{config}: {kind}.{key}"
+                assert key.split("/")[0] in names, f"{config.name}: {kind}.{key}"

@@ -1,2 +1,0 @@
-// Package otlpencodingextension is an empty placeholder; see go.mod.
-package otlpencodingextension
