@@ -4,8 +4,8 @@ Run: .venv/bin/python bench/bench_throughput.py [--part capacity|realistic|both]
 
 (a) capacity. Several sender processes export large sets of cumulative histogram series
     (layers x heads, logged once, re-exported every interval) over OTLP/gRPC to ONE
-    collector (collector-config/single.yaml), which Prometheus scrapes every second.
-    Two kinds of sender:
+    collector (collector-config/single.yaml), whose exporter Prometheus scrapes every 5 s
+    (``--scrape-interval``). Two kinds of sender:
 
     * ``facade``: the real library (MicroMetricLogger, exporter ``otlp``): what Python
       ranks can push, OTel Python's protobuf encoding included;
@@ -16,7 +16,9 @@ Run: .venv/bin/python bench/bench_throughput.py [--part capacity|realistic|both]
     ``otelcol_receiver_accepted_metric_points``), samples per second Prometheus appended
     (``prometheus_tsdb_head_samples_appended_total``) and the same in histogram points
     (samples / samples per point), against a target of 100k points/s; CPU (cores) of the
-    collector, Prometheus and the senders (psutil), and the exporter's scrape duration.
+    collector, Prometheus, the senders and the whole machine (psutil), the exporter's scrape
+    duration and success, and the size of its /metrics page. The last row leaves the
+    exporter unscraped: the collector's intake alone.
 
 (b) realistic. One training-like process: 32 layers x 32 heads, two metrics, each logged
     per layer per step as a [heads] tensor, steps back to back (a sparse attention forward on

@@ -491,10 +491,16 @@ class Pipeline:
         """The aggregator state an event's scalar goes to (cached per distinct metadata)."""
         found = self._spec_and_key(ev)
         state = None
+        overflowed = False
         if found is not None:
             spec, key = found
-            state = self.aggregator.series_state(self._names[ev.metric], spec, key)
-        if metadata_key is not None:
+            name = self._names[ev.metric]
+            before = self.aggregator.overflowed_points(name)
+            state = self.aggregator.series_state(name, spec, key)
+            # A point folded into the overflow series must pass through the aggregator each
+            # time, or the overflow counter would count the attribute set only once.
+            overflowed = self.aggregator.overflowed_points(name) != before
+        if metadata_key is not None and not overflowed:
             cache = self._series_cache.setdefault(ev.metric, {})
             if len(cache) > 4 * self.settings.max_series:
                 cache.clear()

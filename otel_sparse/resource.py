@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 import socket
@@ -16,6 +17,8 @@ from opentelemetry.sdk.version import __version__ as _sdk_version
 from otel_sparse import config
 
 _generated_run_id: str | None = None
+_warned_none_run_id = False
+_logger = logging.getLogger("otel_sparse")
 _SDK_ATTRIBUTES = {
     "telemetry.sdk.language": "python",
     "telemetry.sdk.name": "opentelemetry",
@@ -33,8 +36,10 @@ def start_new_generated_run_id(environ: Mapping[str, str] | None = None) -> str:
     names the run: returns the run id now in force."""
     global _generated_run_id
     env = os.environ if environ is None else environ
-    if not any(env.get(n, "").strip() for n in (config.OTEL_SPARSE_RUN_ID,
-                                                 config.TORCHELASTIC_RUN_ID)):
+    named = env.get(config.OTEL_SPARSE_RUN_ID, "").strip() or (
+        env.get(config.TORCHELASTIC_RUN_ID, "").strip() not in ("", "none")
+    )
+    if not named:
         _generated_run_id = new_run_id()
     return resolve_run_id(env)
 
@@ -42,10 +47,20 @@ def start_new_generated_run_id(environ: Mapping[str, str] | None = None) -> str:
 def resolve_run_id(environ: Mapping[str, str] | None = None) -> str:
     """OTEL_SPARSE_RUN_ID, else TORCHELASTIC_RUN_ID (same on every torchrun rank), else one id
     generated once per process (a lone process; ranks without torchrun should set the first)."""
-    global _generated_run_id
+    global _generated_run_id, _warned_none_run_id
     env = os.environ if environ is None else environ
     for name in (config.OTEL_SPARSE_RUN_ID, config.TORCHELASTIC_RUN_ID):
         value = env.get(name, "").strip()
+        if name == config.TORCHELASTIC_RUN_ID and value == "none":
+            # torchrun's placeholder without --rdzv-id: unrelated jobs would share it
+            if not _warned_none_run_id:
+                _warned_none_run_id = True
+                _logger.warning(
+                    "otel_sparse: TORCHELASTIC_RUN_ID is 'none' (torchrun without --rdzv-id), "
+                    "which every such job shares; using a generated run id per process. Set "
+                    "OTEL_SPARSE_RUN_ID (same on every rank) to group this job's ranks."
+                )
+            continue
         if value:
             return value
     if _generated_run_id is None:

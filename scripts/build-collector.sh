@@ -93,7 +93,9 @@ if [[ ! -x "$builder" ]]; then
     mv -f "$work/gobin/builder" "$builder"
 fi
 
-# The manifest with output_path pointing into the temp dir; its replaces point at ../stubs.
+# The manifest with output_path pointing into the temp dir. If the manifest has `replaces`
+# onto local placeholder modules (../stubs/<name>), they live in stubs/ next to it; the
+# v0.145.0 manifest has none, so collector-config/stubs/ does not exist.
 stubs="$(dirname "$manifest")/stubs"
 if [[ -d "$stubs" ]]; then
     cp -R "$stubs" "$work/stubs"

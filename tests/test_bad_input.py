@@ -115,6 +115,7 @@ VALUE_CASES = [
     Case("False", lambda: False, False, reason="invalid_value"),
     Case("numeric-str", lambda: "0.5", "0.5", reason="invalid_value"),
     Case("int", lambda: 3, 3, _points_of(3)),
+    Case("float-sum-overflow", lambda: 1e308, 1e308, {(1, None): (2, None)}),  # sum: inf -> null
     Case("huge-int", lambda: 10**400, 10**400, reason="invalid_value"),
     Case("huge-int-beyond-str-limit", lambda: 10**5000, "<int of 16610 bits>",
          reason="invalid_value", repr_warning=True),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from otel_sparse import config
+from otel_sparse import config, resource
 from otel_sparse.config import Settings, parse_exporters
 from otel_sparse.resource import ProcessIdentity, resolve_run_id
 
@@ -77,6 +77,16 @@ class TestIdentity:
         assert resolve_run_id({"TORCHELASTIC_RUN_ID": "elastic"}) == "elastic"
         generated = resolve_run_id({})
         assert generated == resolve_run_id({}) and len(generated) > 10
+
+    def test_torchrun_placeholder_run_id_is_not_used(
+        self, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """TORCHELASTIC_RUN_ID=none (torchrun without --rdzv-id) is shared by every such job."""
+        monkeypatch.setattr(resource, "_warned_none_run_id", False)
+        with caplog.at_level("WARNING", logger="otel_sparse"):
+            run_id = resolve_run_id({"TORCHELASTIC_RUN_ID": "none"})
+        assert run_id != "none"
+        assert any("OTEL_SPARSE_RUN_ID" in r.getMessage() for r in caplog.records)
 
     def test_resource_attributes(self) -> None:
         """Ranks from torchrun's variables; a unique instance id per identity."""

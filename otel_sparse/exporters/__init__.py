@@ -26,10 +26,9 @@ def build_exporter(
         base, ext = os.path.splitext(METRICS_FILE_NAME)
         return JsonlMetricExporter(os.path.join(log_path, base + file_suffix + ext))
     if name == "otlp_file":
-        if otlp_file is None:
-            base, ext = os.path.splitext(OTLP_FILE_NAME)
-            otlp_file = os.path.join(log_path, base + file_suffix + ext)
-        return OtlpJsonFileExporter(otlp_file)
+        # every process its own file, also when OTEL_SPARSE_OTLP_FILE names one for all
+        base, ext = os.path.splitext(otlp_file or os.path.join(log_path, OTLP_FILE_NAME))
+        return OtlpJsonFileExporter(base + file_suffix + ext)
     if name == "otlp":
         return QuietOtlpExporter(make_otlp_exporter())  # library log lines: one report
     if name == "console":

@@ -337,12 +337,6 @@ def check_library_counters(state: Pipeline) -> None:
     assert all(v >= 1 for _, v in failures)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="otel_sparse bug: events.dropped{reason=cardinality_overflow} counts each new "
-           "attribute set once (Pipeline._series_cache remembers that it maps to the "
-           "overflow state), not every event folded into the overflow series",
-)
 def test_overflow_panel_counts_every_folded_event(
     collector_factory: Callable[..., Collector],
     prometheus_factory: Callable[..., Prometheus],
