@@ -246,14 +246,15 @@ class TestAggregation:
         sink = InMemoryMetricExporter()
         logger = _logger(fresh_logger, tmp_path, exporters=[sink])
         with caplog.at_level("WARNING", logger="otel_sparse"):
-            for layer in range(10):
-                logger.log(DENSITY, 0.5, {"layer_idx": layer})
+            for _step in range(3):  # repeated attribute sets: each folded event counts
+                for layer in range(10):
+                    logger.log(DENSITY, 0.5, {"layer_idx": layer})
             logger.flush()
         overflow = sink.histogram(NAME, **{"otel.metric.overflow": "true"})
-        assert overflow.count == 6 and overflow.sum == 3.0
+        assert overflow.count == 18 and overflow.sum == 9.0
         assert len(sink.points(NAME)) == 5
         assert sink.value("otel_sparse.events.dropped", metric=DENSITY,
-                          reason="cardinality_overflow") == 6
+                          reason="cardinality_overflow") == 18
         assert len([r for r in caplog.records if "overflow" in r.message]) == 1
 
     def test_library_counters_count_logged_and_dropped(
