@@ -7,8 +7,11 @@ retries with backoff on its own thread, and the library's log lines are suppress
 counted. Training must not notice: the target is log() within 10% of the no-OTLP figure.
 
 Each repeat builds a fresh logger per configuration, waits until the dead one has failed at
-least once (so its export thread is busy retrying), then times ``--n`` log() calls with the
-hand-offs to the writer included (flush_every=1000, as by default). Configurations are
+least once (so its export thread is busy retrying), then times ``--n`` log() calls. The
+writer's encoding of the handed-off events shares the GIL with log(), so the wall time per
+call includes it, alike in every configuration. Two tables: flush_every=1000 (the default)
+and large batches (flush_every=10**9: a hand-off per 10000 events, the queue's bound).
+Configurations are
 interleaved within each repeat, so machine noise hits them alike; the table gives the best
 and the median of the repeats in ns per call and their ratios to the baseline, plus the
 process CPU per event (every thread: log, writer, exporters). Absolute times move 2-4x
@@ -52,20 +55,23 @@ class Config:
     failures: int = 0
 
 
-def fresh_logger(path: str, exporters: list[str]) -> MicroMetricLogger:
+def fresh_logger(path: str, exporters: list[str], flush_every: int) -> MicroMetricLogger:
     MicroMetricLogger._instance = None
     MicroMetricLogger._initialized = False
     MicroMetricLogger._registered_metrics.clear()
     MicroMetricLogger.register_metric(METRIC, float)
-    return MicroMetricLogger(log_path=path, enabled_metrics="all", exporters=exporters)
+    return MicroMetricLogger(log_path=path, enabled_metrics="all", exporters=exporters,
+                             flush_every=flush_every)
 
 
-def measure(config: Config, n: int) -> None:
+def measure(config: Config, n: int, large_batches: bool) -> None:
     """Time n log() calls on a fresh logger configured as ``config``; record per-call ns."""
-    saved = {k: os.environ.get(k) for k in config.env}
-    os.environ.update(config.env)
+    env = config.env
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
     try:
-        logger = fresh_logger(tempfile.mkdtemp(prefix="otel-sparse-down-"), config.exporters)
+        logger = fresh_logger(tempfile.mkdtemp(prefix="otel-sparse-down-"), config.exporters,
+                              10**9 if large_batches else 1000)
         pipeline = logger._pipeline
         assert pipeline is not None
         otlp = [w for w in pipeline.workers if w.name == "otlp"]
@@ -107,30 +113,34 @@ def main() -> None:
         "OTEL_SPARSE_SHUTDOWN_TIMEOUT": "200",
         "OTEL_EXPORTER_OTLP_TIMEOUT": "1",  # seconds, in Python's OTLP exporters
     }
-    configs = [
-        Config("no OTLP export (jsonl only)", ["jsonl"], dict(common)),
-        Config("OTLP/gRPC to a dead collector", ["jsonl", "otlp"],
-               {**common, "OTEL_EXPORTER_OTLP_ENDPOINT": dead,
-                "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"}),
-        Config("OTLP/HTTP to a dead collector", ["jsonl", "otlp"],
-               {**common, "OTEL_EXPORTER_OTLP_ENDPOINT": dead,
-                "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf"}),
-    ]
-    for _ in range(args.repeat):
-        for config in configs:
-            measure(config, args.n)
-
-    base = configs[0]
-    best0, median0 = min(base.wall_ns), statistics.median(base.wall_ns)
     print(f"python {sys.version.split()[0]}, n={args.n} log() calls per repeat, "
           f"{args.repeat} repeats, configurations interleaved")
-    print(f"{'configuration':34} {'best ns':>8} {'ratio':>6} {'median ns':>10} {'ratio':>6} "
-          f"{'CPU ns/event':>13} {'failed exports':>15}")
-    for config in configs:
-        best, median = min(config.wall_ns), statistics.median(config.wall_ns)
-        print(f"{config.name:34} {best:8.0f} {best / best0:6.3f} {median:10.0f} "
-              f"{median / median0:6.3f} {statistics.median(config.cpu_ns):13.0f} "
-              f"{config.failures:15d}")
+    for large_batches in (False, True):
+        configs = [
+            Config("no OTLP export (jsonl only)", ["jsonl"], dict(common)),
+            Config("OTLP/gRPC to a dead collector", ["jsonl", "otlp"],
+                   {**common, "OTEL_EXPORTER_OTLP_ENDPOINT": dead,
+                    "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"}),
+            Config("OTLP/HTTP to a dead collector", ["jsonl", "otlp"],
+                   {**common, "OTEL_EXPORTER_OTLP_ENDPOINT": dead,
+                    "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf"}),
+        ]
+        for _ in range(args.repeat):
+            for config in configs:
+                measure(config, args.n, large_batches)
+        base = configs[0]
+        best0, median0 = min(base.wall_ns), statistics.median(base.wall_ns)
+        print()
+        print("large batches (flush_every=10**9: a hand-off per 10000 events)"
+              if large_batches else
+              "flush_every=1000 (default)")
+        print(f"{'configuration':34} {'best ns':>8} {'ratio':>6} {'median ns':>10} "
+              f"{'ratio':>6} {'CPU ns/event':>13} {'failed exports':>15}")
+        for config in configs:
+            best, median = min(config.wall_ns), statistics.median(config.wall_ns)
+            print(f"{config.name:34} {best:8.0f} {best / best0:6.3f} {median:10.0f} "
+                  f"{median / median0:6.3f} {statistics.median(config.cpu_ns):13.0f} "
+                  f"{config.failures:15d}")
     print("target: dead-collector ratios <= 1.10 (log() does no export work; the retries "
           "run on the exporter's own thread)")
 

@@ -92,7 +92,8 @@ Default 1000000: bounds memory if the disk stalls.
 OTEL_SPARSE_OTLP_FILE = "OTEL_SPARSE_OTLP_FILE"
 """Path of the OTLP-JSON lines file (exporter ``otlp_file``).
 
-Default ``<run dir>/otlp/metrics.jsonl``.
+Default ``<run dir>/otlp/metrics.jsonl``. Ranks other than 0 and forked workers insert
+``.rank<r>.pid<pid>`` before the extension, as for every file, so processes never share one.
 """
 
 OTEL_SPARSE_SIGTERM_HANDLER = "OTEL_SPARSE_SIGTERM_HANDLER"

@@ -82,17 +82,22 @@ def test_otlp_file_read_by_collector_exact_in_prometheus(
     """_count, _sum, every bucket and the library's counter equal what was logged."""
     run_id = f"file-{uuid.uuid4().hex[:8]}"
     otlp_dir = tmp_path / "otlp"
-    otlp_file = otlp_dir / "metrics.jsonl"
+    # The exporter may make the name per process (metrics.rank1.pid123.jsonl): the
+    # collector reads whatever *.jsonl appears in the folder.
+    otlp_path = otlp_dir / "metrics.jsonl"
     env = {"OTEL_SPARSE_REPLAY_INCLUDE": str(otlp_dir / "*.jsonl")}
 
     if when == "before_start":
-        _write_otlp_file(fresh_logger, tmp_path / "run", otlp_file, monkeypatch, run_id)
+        _write_otlp_file(fresh_logger, tmp_path / "run", otlp_path, monkeypatch, run_id)
         collector = collector_factory(REPLAY_CONFIG, env=env, name="otlpjsonfile")
     else:
         otlp_dir.mkdir()
         collector = collector_factory(REPLAY_CONFIG, env=env, name="otlpjsonfile")
-        _write_otlp_file(fresh_logger, tmp_path / "run", otlp_file, monkeypatch, run_id)
+        _write_otlp_file(fresh_logger, tmp_path / "run", otlp_path, monkeypatch, run_id)
 
+    written = sorted(otlp_dir.glob("*.jsonl"))
+    assert len(written) == 1, written
+    otlp_file = written[0]
     lines = otlp_file.read_text().splitlines()
     # Several cumulative snapshots: the collector must end at the last one.
     assert len(lines) >= 2, f"expected several exports, got {len(lines)} line(s)"
