@@ -201,10 +201,9 @@ class MicroMetricLogger(metaclass=_SingletonMeta):
             print(f"Warning: Metric '{identifier}' is being re-registered")
         cls._registered_metrics[identifier] = dtype
         cls._metric_specs[identifier] = spec
-        instance = cls._instance
-        if instance is not None and instance._pipeline is not None:
-            if identifier in instance.enabled_metrics:
-                instance._pipeline.enable(spec)
+        pipeline = cls._instance._pipeline if cls._instance is not None else None
+        if pipeline is not None and identifier in pipeline.specs:
+            pipeline.enable(spec)
 
     @classmethod
     def get_registered_metrics(cls) -> dict[str, type]:

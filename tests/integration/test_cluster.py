@@ -6,7 +6,7 @@ TORCHELASTIC_RUN_ID) and exports OTLP/gRPC every 300 ms. Values are multiples of
 "exact" means equal.
 
 The gateway (collector-config/gateway.yaml) feeds two Prometheus servers, one per path,
-never both into one (docs/collector.md: the label sets would collide):
+never both into one (docs/collector.md: every series would be stored twice):
 
 * ``scrape``: scrapes the gateway's prometheus exporter (honor_labels);
 * ``rw``: receives the gateway's remote write.

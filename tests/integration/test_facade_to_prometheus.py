@@ -74,18 +74,18 @@ def test_exact_counts_sums_and_buckets_in_prometheus(
         lambda r: len(r) == LAYERS * HEADS and all(v == STEPS for _, v in r),
         procs=[collector.process],
     )
-    assert _by_layer_head(counts) == {(l, h): STEPS for l in range(LAYERS) for h in range(HEADS)}
+    assert _by_layer_head(counts) == {(layer, h): STEPS for layer in range(LAYERS) for h in range(HEADS)}
     sums = _by_layer_head(prom.query(f"{PROM}_sum{selector}"))
     assert sums == {
-        (l, h): sum(_value(s, l, h) for s in range(STEPS))
-        for l in range(LAYERS) for h in range(HEADS)
+        (layer, h): sum(_value(s, layer, h) for s in range(STEPS))
+        for layer in range(LAYERS) for h in range(HEADS)
     }
     for le in (0.25, 0.5, 1.0):
         buckets = _by_layer_head(prom.query(f'{PROM}_bucket{{run_id="{run_id}",le="{le:g}"}}'))
         assert le in DEFAULT_FLOAT_BOUNDARIES
         assert buckets == {
-            (l, h): sum(_value(s, l, h) <= le for s in range(STEPS))
-            for l in range(LAYERS) for h in range(HEADS)
+            (layer, h): sum(_value(s, layer, h) <= le for s in range(STEPS))
+            for layer in range(LAYERS) for h in range(HEADS)
         }, le
     inf = _by_layer_head(prom.query(f'{PROM}_bucket{{run_id="{run_id}",le="+Inf"}}'))
     assert set(inf.values()) == {STEPS}
