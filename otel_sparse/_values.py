@@ -36,18 +36,40 @@ IN_GRAPH_CAPTURE = Refusal(
     "log() was called while a CUDA graph is being captured; values are skipped during capture",
 )
 
+HEADS_IN_METADATA = Refusal(
+    "tensor_metadata_clash",
+    "a [heads] tensor already spans the heads: log it with only the layer in metadata "
+    "(or one scalar per head)",
+)
+LAYERS_IN_METADATA = Refusal(
+    "tensor_metadata_clash",
+    "a [layers, heads] tensor already spans layers and heads: log it without layer/head in "
+    "metadata (or a [heads] tensor per layer)",
+)
+
 MAX_TENSOR_DIMS = 2
 """0-d, [heads] or [layers, heads]. Larger tensors are refused, never copied to the host."""
 
-Capture = Callable[[Any], Any]
+Capture = Callable[[Any, Any], Any]
 _capture_by_type: dict[type, Capture] = {}
 
 
-def _keep(value: Any) -> Any:
+def _spans_metadata(dims: int, metadata: Any) -> Refusal | None:
+    """The refusal for a [heads]/[layers, heads] value whose metadata names what it spans."""
+    if not dims or type(metadata) is not dict or not metadata:
+        return None
+    if "head" in metadata or "head_idx" in metadata:
+        return HEADS_IN_METADATA if dims == 1 else LAYERS_IN_METADATA
+    if dims == 2 and ("layer" in metadata or "layer_idx" in metadata):
+        return LAYERS_IN_METADATA
+    return None
+
+
+def _keep(value: Any, metadata: Any) -> Any:
     return value
 
 
-def _numpy_scalar(value: Any) -> Any:
+def _numpy_scalar(value: Any, metadata: Any) -> Any:
     item = value.item()
     if isinstance(item, np.generic):  # longdouble/clongdouble: no exact Python type exists
         kind = value.dtype.kind
@@ -55,15 +77,21 @@ def _numpy_scalar(value: Any) -> Any:
     return item
 
 
-def _numpy_array(value: Any) -> Any:
-    if value.ndim > MAX_TENSOR_DIMS:
+def _numpy_array(value: Any, metadata: Any) -> Any:
+    dims = value.ndim
+    if dims > MAX_TENSOR_DIMS:
         return TOO_MANY_DIMS
-    return value.copy()
+    return _spans_metadata(dims, metadata) or value.copy()
 
 
-def _torch_tensor(value: Any) -> Any:
-    if value.dim() > MAX_TENSOR_DIMS:
+def _torch_tensor(value: Any, metadata: Any) -> Any:
+    dims = value.dim()
+    if dims > MAX_TENSOR_DIMS:
         return TOO_MANY_DIMS
+    if dims and metadata:
+        refusal = _spans_metadata(dims, metadata)
+        if refusal is not None:
+            return refusal
     if value.is_cuda and sys.modules["torch"].cuda.is_current_stream_capturing():
         return IN_GRAPH_CAPTURE
     if value.requires_grad:
@@ -83,14 +111,17 @@ def _capture_for(tp: type) -> Capture:
     return _keep
 
 
-def capture(value: Any) -> Any:
+def capture(value: Any, metadata: Any = None) -> Any:
     """The value to queue for one ``log()`` call, or a Refusal. Cost: one dict lookup, plus a
-    clone for tensors and arrays. Never synchronises with a GPU."""
+    clone for tensors and arrays. Never synchronises with a GPU (reads shape and flags only).
+
+    ``metadata`` is checked against what a [heads]/[layers, heads] value already spans.
+    """
     tp = type(value)
     fn = _capture_by_type.get(tp)
     if fn is None:
         fn = _capture_by_type[tp] = _capture_for(tp)
-    return fn(value)
+    return fn(value, metadata)
 
 
 def is_tensor(value: Any) -> bool:

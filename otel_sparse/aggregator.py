@@ -45,12 +45,8 @@ class HistogramState:
         self.buckets = [0] * (len(bounds) + 1)
 
     def add(self, value: float) -> None:
-        """Add one finite value. Cost: a bisect and five attribute updates."""
-        self.count += 1
-        self.sum += value
-        self.min = min(self.min, value)
-        self.max = max(self.max, value)
-        self.buckets[bisect_left(self.bounds, value)] += 1
+        """Add one finite value."""
+        add_values((self,), (value,))
 
 
 class SumState:
@@ -80,6 +76,26 @@ class GaugeState:
 
 
 State = HistogramState | SumState | GaugeState
+
+
+def add_values(states: Sequence[State], values: Sequence[float]) -> None:
+    """Add each finite value to its state, in order: the loop every logged scalar goes through.
+
+    The histogram update is written out here rather than called per value: the background
+    writer shares the GIL with the training loop, and a method call per value was a third
+    of its time.
+    """
+    for state, value in zip(states, values, strict=True):
+        if type(state) is HistogramState:
+            state.count += 1
+            state.sum += value
+            if value < state.min:  # noqa: PLR1730 (a comparison beats a min() call here)
+                state.min = value
+            if value > state.max:  # noqa: PLR1730
+                state.max = value
+            state.buckets[bisect_left(state.bounds, value)] += 1
+        else:
+            state.add(value)
 
 
 class _MetricSeries:

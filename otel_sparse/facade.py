@@ -304,8 +304,9 @@ class MicroMetricLogger(metaclass=_SingletonMeta):
                 return
             tp = type(value)
             if tp is not float and tp is not int and value is not None:
-                value = self._capture(identifier, value, metadata)
-                if value is _SKIP:
+                value = capture(value, metadata)
+                if type(value) is Refusal:
+                    self._drops.add(value.code, identifier, why=value.why)
                     return
             location = _location
             if location is None:
@@ -348,24 +349,6 @@ class MicroMetricLogger(metaclass=_SingletonMeta):
             return False
         self._drops.add("max_records", identifier, why=f"max_records={self.max_records} reached")
         return True
-
-    def _capture(self, identifier: str, value: Any, metadata: dict[str, Any] | None) -> Any:
-        ndim = getattr(value, "ndim", None)
-        if ndim in (1, 2) and isinstance(metadata, dict):
-            clash = _SPANNED_KEYS[ndim]
-            named = [k for k in clash if k in metadata]
-            if named:
-                self._drops.add(
-                    "tensor_metadata_clash", identifier,
-                    why=f"a tensor of {ndim} dimension(s) already spans {named}; log a "
-                        f"[heads] tensor with only the layer in metadata, or a scalar per head",
-                )
-                return _SKIP
-        captured = capture(value)
-        if isinstance(captured, Refusal):
-            self._drops.add(captured.code, identifier, why=captured.why)
-            return _SKIP
-        return captured
 
     def _locate(self, frame: FrameType) -> str:
         code = frame.f_code
@@ -633,7 +616,6 @@ class MicroMetricLogger(metaclass=_SingletonMeta):
             self._pipeline_or_start()
 
 
-_SKIP = object()
 
 
 class EventContext:
@@ -705,8 +687,6 @@ class _NullTimer:
 
 
 _NULL_TIMER = _NullTimer()
-_SPANNED_KEYS = {1: ("head", "head_idx"), 2: ("layer", "layer_idx", "head", "head_idx")}
-"""Metadata keys a [heads] or [layers, heads] value already spans."""
 
 
 class _ExporterChoice(NamedTuple):

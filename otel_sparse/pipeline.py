@@ -41,7 +41,7 @@ from otel_sparse._instruments import (
 )
 from otel_sparse._values import HostValues, is_tensor
 from otel_sparse._version import __version__
-from otel_sparse.aggregator import Aggregator, State, SumState
+from otel_sparse.aggregator import Aggregator, State, SumState, add_values
 from otel_sparse.config import Settings
 from otel_sparse.event import LogEvent
 from otel_sparse.exporters import build_exporter
@@ -388,6 +388,9 @@ class Pipeline:
             self._state_generation = self.aggregator.generation
         encode = self._encoder.encode
         lines: list[str] = []
+        states: list[State] = []  # scalars are added after the loop, in one add_values()
+        numbers: list[float] = []
+        add_states, add_numbers = states.append, numbers.append
         blocks: dict[tuple[str, AttributeKey, tuple[int, ...]], list[np.ndarray]] = {}
         for i, ev in enumerate(events):
             value: Any = ev.value
@@ -443,18 +446,25 @@ class Pipeline:
                 if state is None:
                     continue
                 tp = type(value)
+                if tp is int:
+                    value = self._int_value(ev.metric, value)
+                    tp = float if value is not None else int
                 if tp is float and value - value == 0.0:
                     if value < 0 and type(state) is SumState and self._monotonic(ev.metric):
                         self.drops.add("negative_counter", ev.metric, why="counters only go up")
                     else:
-                        state.add(value)
-                elif tp is int:
-                    self._add_int(ev.metric, state, value)
-                else:
+                        add_states(state)
+                        add_numbers(value)
+                elif tp is not int:
                     self._refuse_value(ev.metric, value)
             except Exception as exc:  # one odd event must not cost the batch its lines
                 self.drops.add("internal_error", str(ev.metric),
                                why=f"{type(exc).__name__}: {exc}")
+        try:
+            add_values(states, numbers)
+        except Exception as exc:  # the lines of the batch are written regardless
+            self.drops.add("internal_error", "*", len(numbers),
+                           why=f"{type(exc).__name__}: {exc}")
         self._logged.update(ev.metric for ev in events)
         for (metric, key, shape), arrays in blocks.items():
             try:
@@ -519,16 +529,13 @@ class Pipeline:
     def _monotonic(self, metric: str) -> bool:
         return self.specs[metric].kind is InstrumentKind.COUNTER
 
-    def _add_int(self, metric: str, state: State, value: int) -> None:
+    def _int_value(self, metric: str, value: int) -> float | None:
+        """An int as a float, or None (counted) when it is too large for one."""
         try:
-            number = float(value)
+            return float(value)
         except OverflowError:
             self.drops.add("invalid_value", metric, why="integer too large for a float")
-            return
-        if number < 0 and type(state) is SumState and self._monotonic(metric):
-            self.drops.add("negative_counter", metric, why="counters only go up")
-            return
-        state.add(number)
+            return None
 
     def _refuse_value(self, metric: str, value: Any) -> None:
         if type(value) is float:
