@@ -86,12 +86,15 @@ def _numpy_array(value: Any, metadata: Any) -> Any:
 
 def _torch_tensor(value: Any, metadata: Any) -> Any:
     dims = value.dim()
-    if dims > MAX_TENSOR_DIMS:
-        return TOO_MANY_DIMS
-    if dims and metadata:
-        refusal = _spans_metadata(dims, metadata)
-        if refusal is not None:
-            return refusal
+    if dims:
+        if dims > MAX_TENSOR_DIMS:
+            return TOO_MANY_DIMS
+        # the common case (layer only) answered inline: this runs on every tensor log()
+        if type(metadata) is dict and (
+            "head" in metadata or "head_idx" in metadata
+            or (dims == 2 and ("layer" in metadata or "layer_idx" in metadata))
+        ):
+            return _spans_metadata(dims, metadata)
     if value.is_cuda and sys.modules["torch"].cuda.is_current_stream_capturing():
         return IN_GRAPH_CAPTURE
     if value.requires_grad:

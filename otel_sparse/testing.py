@@ -88,3 +88,38 @@ class InMemoryMetricExporter(MetricExporter):
             ):
                 return float(point.value)
         raise KeyError(f"no number point of {metric!r} with {attributes}")
+
+
+class HostSyncError(AssertionError):
+    """A tensor was read back to the host inside ``forbid_host_reads()``."""
+
+
+def forbid_host_reads() -> Any:
+    """A torch function mode that fails on every tensor read back to the host.
+
+    ``.item()``, ``.tolist()``, ``float()``, ``int()``, ``bool()``, ``operator.index``,
+    ``.cpu()`` and ``.numpy()`` of a tensor raise ``HostSyncError``: on a GPU each would
+    synchronise. Proves, on a CPU-only machine, that code such as ``log()`` never forces a
+    sync. Imports torch when called.
+
+    Example:
+        >>> with forbid_host_reads():                            # doctest: +SKIP
+        ...     logger.log("density", per_head, {"layer_idx": 0})
+    """
+    import torch
+    from torch.overrides import TorchFunctionMode
+
+    host_reads = {
+        torch.Tensor.item, torch.Tensor.tolist, torch.Tensor.__float__, torch.Tensor.__int__,
+        torch.Tensor.__bool__, torch.Tensor.__index__, torch.Tensor.cpu, torch.Tensor.numpy,
+    }
+
+    class ForbidHostReads(TorchFunctionMode):
+        def __torch_function__(
+            self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: Any = None
+        ) -> Any:
+            if func in host_reads:
+                raise HostSyncError(f"a tensor was read back to the host via {func.__name__}")
+            return func(*args, **(kwargs or {}))
+
+    return ForbidHostReads()

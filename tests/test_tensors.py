@@ -12,39 +12,14 @@ from typing import Any
 import pytest
 
 from otel_sparse import MicroMetricLogger
+from otel_sparse.testing import HostSyncError, forbid_host_reads
 
 torch = pytest.importorskip("torch")
-from torch.overrides import TorchFunctionMode  # noqa: E402
 
 pytestmark = pytest.mark.torch
 
 DENSITY = "research_attention_density"
 
-_HOST_READS = {
-    torch.Tensor.item,
-    torch.Tensor.tolist,
-    torch.Tensor.__float__,
-    torch.Tensor.__int__,
-    torch.Tensor.__bool__,
-    torch.Tensor.__index__,
-    torch.Tensor.cpu,
-    torch.Tensor.numpy,
-}
-
-
-class HostSyncError(AssertionError):
-    """A tensor was read back to the host where that is forbidden."""
-
-
-class ForbidHostReads(TorchFunctionMode):
-    """Fails on every tensor operation that reads values back to the host."""
-
-    def __torch_function__(
-        self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: Any = None
-    ) -> Any:
-        if func in _HOST_READS:
-            raise HostSyncError(f"log() read a tensor back to the host via {func.__name__}")
-        return func(*args, **(kwargs or {}))
 
 
 @pytest.fixture
@@ -86,7 +61,7 @@ class TestNoHostSync:
             lambda: bool(t[0]), lambda: t.cpu(), lambda: t.numpy(),
         ]
         for read in reads:
-            with ForbidHostReads(), pytest.raises(HostSyncError):
+            with forbid_host_reads(), pytest.raises(HostSyncError):
                 read()
 
     @pytest.mark.parametrize(
@@ -105,7 +80,7 @@ class TestNoHostSync:
     def test_log_tensor_reads_nothing_back(self, logger: MicroMetricLogger, make: Any) -> None:
         """Logging 0-d, [heads] and [layers, heads] tensors of any dtype does no host read."""
         value = make()
-        with ForbidHostReads():
+        with forbid_host_reads():
             for layer in range(3):
                 metadata = {"step": layer} if value.dim() == 2 else {"layer_idx": layer}
                 logger.log(DENSITY, value, metadata)
@@ -117,7 +92,7 @@ class TestNoHostSync:
     ) -> None:
         """Even the log() that hands a full batch to the writer reads nothing back."""
         logger.flush_every = 4
-        with ForbidHostReads():
+        with forbid_host_reads():
             for layer in range(8):
                 logger.log(DENSITY, torch.rand(8), {"layer_idx": layer})
         assert len(logger.log_queue) == 0
@@ -201,7 +176,7 @@ class TestTensorValues:
         self, logger: MicroMetricLogger, caplog: pytest.LogCaptureFixture
     ) -> None:
         """A [heads, seq, seq] map is refused (documented rule), never copied to the host."""
-        with caplog.at_level("WARNING", logger="otel_sparse"), ForbidHostReads():
+        with caplog.at_level("WARNING", logger="otel_sparse"), forbid_host_reads():
             logger.log(DENSITY, torch.rand(4, 16, 16), {"layer_idx": 0})
         assert logger.get_total_records_logged() == 0
         assert any("tensor_rank" in r.getMessage() for r in caplog.records)
@@ -242,7 +217,7 @@ class TestCuda:
         torch.cuda.synchronize()
         torch.cuda.set_sync_debug_mode("error")
         try:
-            with ForbidHostReads():
+            with forbid_host_reads():
                 for layer in range(4):
                     logger.log(DENSITY, values * (layer % 2), {"layer_idx": layer})
         finally:

@@ -14,11 +14,11 @@ import pytest
 
 from otel_sparse import MicroMetricLogger
 from otel_sparse._instruments import InstrumentKind
+from otel_sparse.testing import forbid_host_reads
 from tests._helpers import latest_points, read_jsonl
 
 torch = pytest.importorskip("torch")
 from torch import nn  # noqa: E402
-from torch.overrides import TorchFunctionMode  # noqa: E402
 
 from otel_sparse.torch_hooks import (  # noqa: E402
     DENSITY,
@@ -128,33 +128,6 @@ def inputs(seed: int = 0, device: str = "cpu") -> torch.Tensor:
     return torch.randn(BATCH, SEQ, DIM, generator=gen).to(device)
 
 
-# -- the host-read guard (kept local: test files do not import each other) ------------------
-
-_HOST_READS = {
-    torch.Tensor.item,
-    torch.Tensor.tolist,
-    torch.Tensor.__float__,
-    torch.Tensor.__int__,
-    torch.Tensor.__bool__,
-    torch.Tensor.__index__,
-    torch.Tensor.cpu,
-    torch.Tensor.numpy,
-}
-
-
-class HostSyncError(AssertionError):
-    """A tensor was read back to the host where that is forbidden."""
-
-
-class ForbidHostReads(TorchFunctionMode):
-    """Fails on every tensor operation that reads values back to the host."""
-
-    def __torch_function__(
-        self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: Any = None
-    ) -> Any:
-        if func in _HOST_READS:
-            raise HostSyncError(f"a host read via {func.__name__} during forward")
-        return func(*args, **(kwargs or {}))
 
 
 # -- fixtures and readers ---------------------------------------------------------------------
@@ -434,12 +407,12 @@ class TestNoHostSync:
     def test_forward_reads_nothing_back(
         self, logger: MicroMetricLogger, tmp_path: Path, caplog: pytest.LogCaptureFixture
     ) -> None:
-        """Hooks, reductions and log() run under ForbidHostReads, hand-offs to the writer too."""
+        """Hooks, reductions and log() run under forbid_host_reads(), hand-offs to the writer too."""
         logger.flush_every = 4
         model = topk_stack(3)
         instrument_attention(model, logger, every_n_steps=2)
         x = inputs()
-        with caplog.at_level("WARNING", logger="otel_sparse"), ForbidHostReads():
+        with caplog.at_level("WARNING", logger="otel_sparse"), forbid_host_reads():
             for _ in range(6):
                 model(x)
         assert not caplog.records
@@ -459,7 +432,7 @@ class TestNoHostSync:
         instrument_attention(model, logger, extractor=reads)
         model(inputs())
         assert logger.get_total_records_logged() == 1  # fine without the guard
-        with caplog.at_level("WARNING", logger="otel_sparse"), ForbidHostReads():
+        with caplog.at_level("WARNING", logger="otel_sparse"), forbid_host_reads():
             model(inputs())
         assert logger.get_total_records_logged() == 1
         assert "HostSyncError" in caplog.records[0].getMessage()
@@ -678,7 +651,7 @@ class TestCuda:
         torch.cuda.synchronize()
         torch.cuda.set_sync_debug_mode("error")
         try:
-            with ForbidHostReads():
+            with forbid_host_reads():
                 for _ in range(3):
                     model(x)
         finally:
