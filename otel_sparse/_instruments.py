@@ -74,10 +74,6 @@ class MetricSpec:
     """Metadata keys, beyond layer/head, that become attributes (declared, so bounded)."""
     aliases: Mapping[str, str] = field(default_factory=lambda: ATTRIBUTE_ALIASES)
 
-    def otel_name(self, namespace: str) -> str:
-        """The OTel instrument name: ``<namespace>.<identifier>``, made valid if needed."""
-        return instrument_name(namespace, self.identifier)
-
 
 def instrument_name(namespace: str, identifier: str) -> str:
     """Join namespace and identifier into a valid OTel instrument name."""

@@ -74,10 +74,6 @@ class RunNotFoundError(AnalysisError, FileNotFoundError):
     """A path does not exist or holds no run."""
 
 
-class EmptyRunError(AnalysisError, ValueError):
-    """A run folder exists but holds no events (yet)."""
-
-
 class UnknownMetricError(AnalysisError, LookupError):
     """A metric that the run never logged."""
 
@@ -840,7 +836,3 @@ class EventFollower:
             found = found[-self._last:] if self._last > 0 else []
         self._started = True
         return found
-
-    def pending_partial(self) -> int:
-        """Bytes of unfinished last lines held back (a torn line, once the run has ended)."""
-        return sum(len(v) for v in self._partial.values())

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
@@ -201,11 +200,6 @@ def encode_event(event: LogEvent, value: Any) -> str:
                 if name in record and not isinstance(record[name], str):
                     record[name] = _safe_repr(record[name])
             return _encode(record)
-
-
-def is_non_finite(value: Any) -> bool:
-    """True for NaN and +-inf floats."""
-    return isinstance(value, float) and not math.isfinite(value)
 
 
 class EventFileWriter:
