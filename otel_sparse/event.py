@@ -2,6 +2,7 @@
 
 from dataclasses import dataclass
 from datetime import datetime
+from operator import attrgetter
 from typing import Any
 
 
@@ -21,3 +22,12 @@ class LogEvent:
     value: Any | None
     metadata: dict[str, Any]
     location: str
+
+
+# log() under context()/step() sets `event.context` (an EventContext) on the event. The
+# default lives on the class, as neither a field nor a type hint: the dataclass keeps exactly
+# the contract's five fields, and the writer reads every event's context without a failing
+# lookup.
+LogEvent.context = None  # type: ignore[attr-defined]
+event_context: Any = attrgetter("context")
+"""``event.context``: the event's EventContext, or None."""

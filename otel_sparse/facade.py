@@ -316,7 +316,7 @@ class MicroMetricLogger(metaclass=_SingletonMeta):
                     location = self._locate(frame)
             event = LogEvent(_now(), identifier, value, metadata or {}, location)
             if self._context is not None:
-                event.context = self._context  # type: ignore[attr-defined]
+                event.context = self._context  # type: ignore[attr-defined]  # see event.py
             taken = next(self._seq)
             if limit is not None and taken >= limit:
                 self._capped_now = True  # this call (or another thread) took the last slot

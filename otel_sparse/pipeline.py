@@ -19,6 +19,8 @@ import weakref
 from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from itertools import chain
+from operator import attrgetter
 from typing import Any, Protocol
 
 import numpy as np
@@ -43,9 +45,14 @@ from otel_sparse._values import HostValues, is_tensor
 from otel_sparse._version import __version__
 from otel_sparse.aggregator import Aggregator, State, SumState, add_values
 from otel_sparse.config import Settings
-from otel_sparse.event import LogEvent
+from otel_sparse.event import LogEvent, event_context
 from otel_sparse.exporters import build_exporter
-from otel_sparse.exporters.events import EVENT_FILE_NAME, EventEncoder, EventFileWriter
+from otel_sparse.exporters.events import (
+    EVENT_FILE_NAME,
+    EventEncoder,
+    EventFileWriter,
+    line_openings,
+)
 from otel_sparse.resource import ProcessIdentity
 
 _logger = logging.getLogger("otel_sparse")
@@ -242,6 +249,8 @@ class Pipeline:
         self._retired: deque[deque[LogEvent]] = deque(maxlen=8)
         self._encoder = EventEncoder()
         self._series_cache: dict[str, dict[Any, State | None]] = {}
+        self._known: dict[Any, _KnownLine] = {}
+        """(metric, location, metadata items, context) -> what the fast loop needs."""
         self._state_generation = 0
         self._batches_written = 0
         self._array_keys: dict[tuple[str, Any], Any] = {}
@@ -287,6 +296,7 @@ class Pipeline:
         self.specs[spec.identifier] = spec
         self._series_cache.pop(spec.identifier, None)
         self._array_keys.clear()
+        self._known.clear()
         self._names[spec.identifier] = self._unique_name(spec.identifier)
 
     def _unique_name(self, identifier: str) -> str:
@@ -367,84 +377,153 @@ class Pipeline:
     def _write_batch(self, events: list[LogEvent]) -> None:
         if not events:
             return
-        # capture() queues arrays only as numpy copies or tensors; any other object with a
-        # .shape (a pandas Series, say) is an ordinary value for the event file.
-        array_at = [i for i, ev in enumerate(events)
-                    if type(ev.value) not in (float, int) and _is_array(ev.value)]
-        host_by_event: dict[int, np.ndarray | None] = {}
-        errors: dict[int, str] = {}
-        if array_at:
-            try:
-                values = HostValues([events[i].value for i in array_at])
-                while not values.ready():
-                    time.sleep(_POLL_S)
-                host_by_event = dict(zip(array_at, values.arrays(), strict=True))
-                errors = {array_at[k]: why for k, why in values.errors.items()}
-            except Exception as exc:  # the copy failed as a whole: the other lines still go out
-                host_by_event = dict.fromkeys(array_at)
-                errors = dict.fromkeys(array_at, f"{type(exc).__name__}: {exc}")
+        values = list(map(_VALUE, events))
+        host_by_event, errors = self._host_copies(values)
         if self._state_generation != self.aggregator.generation:
             self._series_cache.clear()
+            self._known.clear()
             self._state_generation = self.aggregator.generation
-        encode = self._encoder.encode
-        lines: list[str] = []
-        states: list[State] = []  # scalars are added after the loop, in one add_values()
-        numbers: list[float] = []
-        add_states, add_numbers = states.append, numbers.append
-        blocks: dict[tuple[str, AttributeKey, tuple[int, ...]], list[np.ndarray]] = {}
-        for i, ev in enumerate(events):
-            value: Any = ev.value
-            metadata: Any = ev.metadata
-            # Equal metadata (values *and* their types: 1, 1.0 and True differ in JSON) share
-            # one encoded string and one series state.
-            metadata_key: Any = None
-            state = _UNSEEN
-            if not metadata:
-                metadata_key = _NO_METADATA
-            elif type(metadata) is dict and len(metadata) <= _MAX_CACHED_KEYS:
-                types = tuple(map(type, metadata.values()))
-                # Only flat int/str/bool/None values: equal such dicts always encode alike
-                # (unlike 0.0 and -0.0, or (1, 2) and (True, 2)).
-                if _CACHEABLE_TYPES.issuperset(types):
-                    metadata_key = (tuple(metadata.items()), types)
-            context = ev.__dict__.get("context")
-            if context is not None and metadata_key is not None:
-                metadata_key = (metadata_key, context.key) if context.key is not None else None
-            if metadata_key is not None:
-                cache = self._series_cache.get(ev.metric)
-                if cache is not None:
-                    state = cache.get(metadata_key, _UNSEEN)
-            if array_at and i in host_by_event:
-                array = host_by_event[i]
-                if array is None:
-                    self.drops.add("unreadable_tensor", ev.metric,
-                                   why=errors.get(i, "unreadable tensor"))
-                    lines.append(encode(ev, None, metadata_key))
+        metrics = list(map(_METRIC, events))
+        openings = line_openings(events)
+        keys, known = self._known_lookup(events, metrics, openings)
+        out = _BatchOut()
+        add_line, add_state, add_number = out.lines.append, out.states.append, out.numbers.append
+        # (without openings no line is known: the Nones of `known` stand in for them)
+        rows = zip(known, openings or known, values, strict=True)
+        for i, (parts, opening, value) in enumerate(rows):
+            # The common case, a number for a series and call site seen before: its line is
+            # the timestamp and the value between two cached strings, its state is cached.
+            if parts is not None:
+                head, tail, state, floor = parts
+                tp = type(value)
+                if tp is float:
+                    if value - value == 0.0 and value >= floor:
+                        add_line(f"{opening}{head}{value!r}{tail}")
+                        if state is not None:
+                            add_state(state)
+                            add_number(value)
+                        continue
+                elif tp is int and floor <= value <= _FAST_INT_BOUND:
+                    add_line(f"{opening}{head}{value!r}{tail}")
+                    if state is not None:
+                        add_state(state)
+                        add_number(float(value))
                     continue
-                lines.append(encode(ev, array, metadata_key))
-                try:
-                    found = self._array_keys.get((ev.metric, metadata_key), _UNSEEN)
-                    if found is _UNSEEN:
-                        found = self._spec_and_key(ev)
-                        if metadata_key is not None:
-                            if len(self._array_keys) > 4 * self.settings.max_series:
-                                self._array_keys.clear()
-                            self._array_keys[(ev.metric, metadata_key)] = found
-                    if found is not None:
-                        self._stage_array(ev, found[1], array, blocks)
-                except Exception as exc:  # one odd event must not cost the batch its lines
-                    self.drops.add("internal_error", str(ev.metric),
-                                   why=f"{type(exc).__name__}: {exc}")
-                continue
-            line = encode(ev, value, metadata_key)
-            lines.append(line)
-            if len(line) > _MAX_CACHED_LINE:
-                metadata_key = None  # huge metadata is not kept alive by the series cache
+            self._write_event(events[i], i, keys[i] if keys else None, host_by_event, errors, out)
+        try:
+            add_values(out.states, out.numbers)
+        except Exception as exc:  # the lines of the batch are written regardless
+            self.drops.add("internal_error", "*", len(out.numbers),
+                           why=f"{type(exc).__name__}: {exc}")
+        self._logged.update(metrics)
+        for (metric, key, shape), arrays in out.blocks.items():
             try:
-                if state is _UNSEEN:
-                    state = self._series_state(ev, metadata_key)
-                if state is None:
-                    continue
+                self._record_block(metric, key, shape, arrays)
+            except Exception as exc:  # the lines of the batch are written regardless
+                self.drops.add("internal_error", str(metric), len(arrays),
+                               why=f"{type(exc).__name__}: {exc}")
+        self._batches_written += 1
+        self._write_lines(out.lines)
+
+    def _host_copies(
+        self, values: list[Any]
+    ) -> tuple[dict[int, np.ndarray | None], dict[int, str]]:
+        """Host copies of the batch's tensors and arrays (batched), by position in the batch."""
+        if _NUMBER_TYPES.issuperset(map(type, values)):
+            return {}, {}
+        # capture() queues arrays only as numpy copies or tensors; any other object with a
+        # .shape (a pandas Series, say) is an ordinary value for the event file.
+        array_at = [i for i, value in enumerate(values)
+                    if type(value) not in _NUMBER_TYPES and _is_array(value)]
+        if not array_at:
+            return {}, {}
+        try:
+            copies = HostValues([values[i] for i in array_at])
+            while not copies.ready():
+                time.sleep(_POLL_S)
+            return (dict(zip(array_at, copies.arrays(), strict=True)),
+                    {array_at[k]: why for k, why in copies.errors.items()})
+        except Exception as exc:  # the copy failed as a whole: the other lines still go out
+            return (dict.fromkeys(array_at),
+                    dict.fromkeys(array_at, f"{type(exc).__name__}: {exc}"))
+
+    def _known_lookup(
+        self, events: list[LogEvent], metrics: list[str], openings: list[str] | None
+    ) -> tuple[list[Any] | None, list[_KnownLine | None]]:
+        """Each event's cache key and cached line parts (None where unknown), found in C.
+
+        The key is (metric, location, metadata items, context). Items alone would confuse
+        1, 1.0 and True (equal, hashed alike, written differently), so the lookup only runs
+        for batches whose metadata values are all int, str or None, the types that never
+        compare equal across each other; other batches take the per-event path.
+        """
+        if openings is None:
+            return None, [None] * len(events)
+        metadata = list(map(_METADATA, events))
+        try:
+            types = set(map(type, chain.from_iterable(map(dict.values, metadata))))
+        except TypeError:  # metadata that is not a dict
+            return None, [None] * len(events)
+        if not _KEY_SAFE_TYPES.issuperset(types):
+            return None, [None] * len(events)
+        keys = list(zip(metrics, map(_LOCATION, events),
+                        map(tuple, map(dict.items, metadata)), map(event_context, events),
+                        strict=True))
+        return keys, list(map(self._known.get, keys))
+
+    def _write_event(
+        self,
+        ev: LogEvent,
+        i: int,
+        known_key: Any,
+        host_by_event: dict[int, np.ndarray | None],
+        errors: dict[int, str],
+        out: _BatchOut,
+    ) -> None:
+        """One event the line cache did not take: encoded, checked and aggregated in full.
+
+        Where the event is an ordinary number, what it needed is remembered under
+        ``known_key``, so that the next events of its series and call site take the fast loop.
+        """
+        value: Any = ev.value
+        metadata_key = _metadata_key(ev.metadata, event_context(ev))
+        state = _UNSEEN
+        if metadata_key is not None:
+            cache = self._series_cache.get(ev.metric)
+            if cache is not None:
+                state = cache.get(metadata_key, _UNSEEN)
+        encode = self._encoder.encode
+        if i in host_by_event:
+            array = host_by_event[i]
+            if array is None:
+                self.drops.add("unreadable_tensor", ev.metric,
+                               why=errors.get(i, "unreadable tensor"))
+                out.lines.append(encode(ev, None, metadata_key))
+                return
+            out.lines.append(encode(ev, array, metadata_key))
+            try:
+                found = self._array_keys.get((ev.metric, metadata_key), _UNSEEN)
+                if found is _UNSEEN:
+                    found = self._spec_and_key(ev)
+                    if metadata_key is not None:
+                        if len(self._array_keys) > 4 * self.settings.max_series:
+                            self._array_keys.clear()
+                        self._array_keys[(ev.metric, metadata_key)] = found
+                if found is not None:
+                    self._stage_array(ev, found[1], array, out.blocks)
+            except Exception as exc:  # one odd event must not cost the batch its lines
+                self.drops.add("internal_error", str(ev.metric),
+                               why=f"{type(exc).__name__}: {exc}")
+            return
+        line = encode(ev, value, metadata_key)
+        out.lines.append(line)
+        if len(line) > _MAX_CACHED_LINE:
+            metadata_key = known_key = None  # huge metadata is kept alive by no cache
+        try:
+            cacheable = True
+            if state is _UNSEEN:
+                state, cacheable = self._series_state(ev, metadata_key)
+            if state is not None:
                 tp = type(value)
                 if tp is int:
                     value = self._int_value(ev.metric, value)
@@ -453,27 +532,27 @@ class Pipeline:
                     if value < 0 and type(state) is SumState and self._monotonic(ev.metric):
                         self.drops.add("negative_counter", ev.metric, why="counters only go up")
                     else:
-                        add_states(state)
-                        add_numbers(value)
+                        out.states.append(state)
+                        out.numbers.append(value)
                 elif tp is not int:
                     self._refuse_value(ev.metric, value)
-            except Exception as exc:  # one odd event must not cost the batch its lines
-                self.drops.add("internal_error", str(ev.metric),
-                               why=f"{type(exc).__name__}: {exc}")
+            if (known_key is not None and metadata_key is not None and cacheable
+                    and type(ev.value) in _NUMBER_TYPES):
+                self._remember_line(ev, known_key, metadata_key, state)
+        except Exception as exc:  # one odd event must not cost the batch its lines
+            self.drops.add("internal_error", str(ev.metric), why=f"{type(exc).__name__}: {exc}")
+
+    def _remember_line(self, ev: LogEvent, known_key: Any, metadata_key: Any,
+                       state: State | None) -> None:
         try:
-            add_values(states, numbers)
-        except Exception as exc:  # the lines of the batch are written regardless
-            self.drops.add("internal_error", "*", len(numbers),
-                           why=f"{type(exc).__name__}: {exc}")
-        self._logged.update(ev.metric for ev in events)
-        for (metric, key, shape), arrays in blocks.items():
-            try:
-                self._record_block(metric, key, shape, arrays)
-            except Exception as exc:  # the lines of the batch are written regardless
-                self.drops.add("internal_error", str(metric), len(arrays),
-                               why=f"{type(exc).__name__}: {exc}")
-        self._batches_written += 1
-        self._write_lines(lines)
+            head, tail = self._encoder.line_parts(ev, metadata_key)
+        except (TypeError, ValueError, RecursionError):  # written by repr: the long way each time
+            return
+        # counters take no negative values: those go the long way, to be counted as dropped
+        monotonic = type(state) is SumState and self._monotonic(ev.metric)
+        if len(self._known) > 4 * self.settings.max_series:
+            self._known.clear()
+        self._known[known_key] = (head, tail, state, 0 if monotonic else -_FAST_INT_BOUND)
 
     def _write_lines(self, lines: list[str]) -> None:
         try:
@@ -497,7 +576,7 @@ class Pipeline:
             self.drops.add("invalid_metadata", ev.metric,
                            why=f"metadata must be a dict, got {type(metadata).__name__}")
             return spec, ()
-        context = ev.__dict__.get("context")
+        context = event_context(ev)
         if context is not None:
             metadata = {**context.values, **metadata}
         key, refused = attribute_key(spec, metadata)
@@ -506,8 +585,9 @@ class Pipeline:
                            why=f"attribute values of {refused} are not str/int/float/bool")
         return spec, key
 
-    def _series_state(self, ev: LogEvent, metadata_key: Any) -> State | None:
-        """The aggregator state an event's scalar goes to (cached per distinct metadata)."""
+    def _series_state(self, ev: LogEvent, metadata_key: Any) -> tuple[State | None, bool]:
+        """The aggregator state an event's scalar goes to (cached per distinct metadata), and
+        whether later events of that metadata may reuse it."""
         found = self._spec_and_key(ev)
         state = None
         overflowed = False
@@ -524,7 +604,7 @@ class Pipeline:
             if len(cache) > 4 * self.settings.max_series:
                 cache.clear()
             cache[metadata_key] = state
-        return state
+        return state, not overflowed
 
     def _monotonic(self, metric: str) -> bool:
         return self.specs[metric].kind is InstrumentKind.COUNTER
@@ -623,9 +703,59 @@ class Pipeline:
         ])
 
 
+_KnownLine = tuple[str, str, "State | None", int]
+"""Head and tail of a line around its value, the series state, and the least value the fast
+loop takes (0 for counters, whose negative values are refused)."""
+
+
+class _BatchOut:
+    """What one batch produces: its lines, its scalars by state, its arrays by series."""
+
+    __slots__ = ("blocks", "lines", "numbers", "states")
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+        self.states: list[State] = []
+        self.numbers: list[float] = []
+        self.blocks: dict[tuple[str, AttributeKey, tuple[int, ...]], list[np.ndarray]] = {}
+
+
+def _metadata_key(metadata: Any, context: Any) -> Any:
+    """A key equal for metadata that encodes alike and makes the same series; None if the
+    metadata cannot be cached.
+
+    Values *and* their types count: 1, 1.0 and True are equal but differ in JSON. Only flat
+    int/str/bool/None values qualify: equal such dicts always encode alike (unlike 0.0 and
+    -0.0, or (1, 2) and (True, 2)).
+    """
+    if type(metadata) is not dict:
+        return None
+    if not metadata:
+        key: Any = _NO_METADATA
+    elif len(metadata) <= _MAX_CACHED_KEYS:
+        types = tuple(map(type, metadata.values()))
+        if not _CACHEABLE_TYPES.issuperset(types):
+            return None
+        key = (tuple(metadata.items()), types)
+    else:
+        return None
+    if context is not None:
+        return (key, context.key) if context.key is not None else None
+    return key
+
+
 _NO_METADATA = ((), ())
 _UNSEEN: Any = object()
 _CACHEABLE_TYPES = frozenset({int, str, bool, type(None)})
+_KEY_SAFE_TYPES = frozenset({int, str, type(None)})
+"""Metadata value types whose items alone identify a line: no two of them compare equal."""
+_NUMBER_TYPES = frozenset({float, int})
+_FAST_INT_BOUND = 2**63
+"""Ints within it become floats and text without the checks huge ints need."""
+_VALUE = attrgetter("value")
+_METRIC = attrgetter("metric")
+_METADATA = attrgetter("metadata")
+_LOCATION = attrgetter("location")
 _MAX_CACHED_KEYS = 64
 """Metadata with more keys is never cached: its key tuple alone would cost more than encoding."""
 _MAX_CACHED_LINE = 4096

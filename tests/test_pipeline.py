@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import gc
+import json
+import math
 import multiprocessing
 import os
 import subprocess
@@ -270,3 +272,129 @@ class TestAggregation:
         assert sink.value("otel_sparse.events.dropped", metric=DENSITY, reason="max_records") == 2
         assert sink.value("otel_sparse.events.dropped", metric=DENSITY,
                           reason="invalid_value") == 3
+
+
+def _asdict_line(event: Any) -> str:
+    """The old logger's line: json.dumps of the event with its isoformat() timestamp."""
+    return json.dumps({"timestamp": event.timestamp.isoformat(), "metric": event.metric,
+                       "value": event.value, "metadata": event.metadata,
+                       "location": event.location})
+
+
+class TestLineCache:
+    """The writer's fast loop (cached line parts and states) against the full per-event path.
+
+    Each case logs across several flushes, so that later batches meet metadata whose line
+    and series the first batch cached.
+    """
+
+    def _flush_batches(self, logger: MicroMetricLogger,
+                       batches: list[list[tuple[Any, dict[str, Any]]]],
+                       identifier: str = DENSITY) -> list[Any]:
+        events: list[Any] = []
+        for batch in batches:
+            for value, metadata in batch:
+                logger.log(identifier, value, metadata)
+            events += list(logger.log_queue)
+            logger.flush()
+        return events
+
+    def test_lines_equal_json_dumps_for_every_value_kind(
+        self, fresh_logger: type[MicroMetricLogger], tmp_path: Path
+    ) -> None:
+        """Floats, ints, non-finite, huge ints, bools and strings on cached series."""
+        sink = InMemoryMetricExporter()
+        logger = _logger(fresh_logger, tmp_path, exporters=[sink])
+        values: list[Any] = [0.25, 3, -1.5, 0.0, -0.0, 1e300, 2**62, -(2**62), 2**70,
+                             float("nan"), float("inf"), True, "0.5", None, 1e-320]
+        metadata = {"layer_idx": 2, "head_idx": 5, "tag": "a"}
+        events = self._flush_batches(
+            logger, [[(0.5, dict(metadata))]] + [[(v, dict(metadata))] for v in values]
+            + [[(v, dict(metadata)) for v in values]])
+        lines = (tmp_path / "micro_metrics.jsonl").read_text(encoding="utf-8").splitlines()
+        assert lines == [_asdict_line(e) for e in events]
+        finite = [0.5] + [float(v) for v in values
+                          if type(v) in (int, float) and math.isfinite(v)] * 2
+        point = sink.histogram(NAME, layer=2, head=5)
+        assert point.count == len(finite)
+        assert point.sum == pytest.approx(math.fsum(finite), rel=1e-12)
+        assert sink.value("otel_sparse.events.dropped", metric=DENSITY,
+                          reason="non_finite") == 4
+        assert sink.value("otel_sparse.events.dropped", metric=DENSITY,
+                          reason="invalid_value") == 6  # True, "0.5", None in both batches
+
+    def test_equal_metadata_of_other_types_is_not_confused(
+        self, fresh_logger: type[MicroMetricLogger], tmp_path: Path
+    ) -> None:
+        """1, True and 1.0 are equal and hash alike: a cached {"layer_idx": 1} must not
+        spell or aggregate {"layer_idx": True} or {"layer_idx": 1.0}."""
+        sink = InMemoryMetricExporter()
+        logger = _logger(fresh_logger, tmp_path, exporters=[sink])
+        one: dict[str, Any] = {"layer_idx": 1}
+        events = self._flush_batches(logger, [
+            [(0.5, one)], [(0.5, one)],
+            [(0.25, {"layer_idx": True})], [(0.25, {"layer_idx": 1.0})],
+            [(0.5, one), (0.25, {"layer_idx": True}), (0.5, one)],
+            [(0.5, {"layer_idx": 1, "note": "x"}), (0.25, {"layer_idx": 1, "note": None})],
+        ])
+        lines = (tmp_path / "micro_metrics.jsonl").read_text(encoding="utf-8").splitlines()
+        assert lines == [_asdict_line(e) for e in events]
+        assert '"metadata": {"layer_idx": true}' in lines[2]
+        assert '"metadata": {"layer_idx": 1.0}' in lines[3]
+        # equal attribute values make one attribute set, as in the OTel SDK: one series
+        assert sink.histogram(NAME, layer=1).count == 9
+        assert len(sink.points(NAME)) == 1
+
+    def test_counter_refuses_negative_values_after_caching(
+        self, fresh_logger: type[MicroMetricLogger], tmp_path: Path
+    ) -> None:
+        """The fast loop leaves negative counter values to the checked path."""
+        fresh_logger.register_metric("tokens", int, kind="counter")
+        sink = InMemoryMetricExporter()
+        logger = _logger(fresh_logger, tmp_path, exporters=[sink])
+        events = self._flush_batches(
+            logger, [[(5, {"layer_idx": 0})], [(3, {"layer_idx": 0}), (-2, {"layer_idx": 0}),
+                                               (-0.5, {"layer_idx": 0}), (2.5, {"layer_idx": 0})]],
+            identifier="tokens")
+        lines = (tmp_path / "micro_metrics.jsonl").read_text(encoding="utf-8").splitlines()
+        assert lines == [_asdict_line(e) for e in events]
+        assert sink.value("sparse_attention.tokens", layer=0) == 10.5
+        assert sink.value("otel_sparse.events.dropped", metric="tokens",
+                          reason="negative_counter") == 2
+
+    def test_context_changes_reach_cached_lines(
+        self, fresh_logger: type[MicroMetricLogger], tmp_path: Path
+    ) -> None:
+        """A new step() context gives new lines even for metadata cached under the last one."""
+        logger = _logger(fresh_logger, tmp_path)
+        for step in range(3):
+            with logger.step(step):
+                for _ in range(2):
+                    logger.log(DENSITY, 0.5, {"layer_idx": 0})
+                    logger.flush()
+            logger.log(DENSITY, 0.5, {"layer_idx": 0})
+            logger.flush()
+        records = read_jsonl(tmp_path / "micro_metrics.jsonl")
+        assert [r.get("context") for r in records] == [
+            c for s in range(3) for c in ({"step": s}, {"step": s}, None)
+        ]
+
+    def test_call_sites_keep_their_location(
+        self, fresh_logger: type[MicroMetricLogger], tmp_path: Path
+    ) -> None:
+        """Equal metric and metadata from two functions keep each caller's location."""
+        logger = _logger(fresh_logger, tmp_path)
+
+        def first() -> None:
+            logger.log(DENSITY, 0.5, {"layer_idx": 0})
+
+        def second() -> None:
+            logger.log(DENSITY, 0.5, {"layer_idx": 0})
+
+        for _ in range(3):
+            first()
+            second()
+            logger.flush()
+        locations = [r["location"].rsplit(".", 1)[-1]
+                     for r in read_jsonl(tmp_path / "micro_metrics.jsonl")]
+        assert locations == ["first", "second"] * 3
