@@ -17,13 +17,14 @@ import threading
 import time
 import weakref
 from collections import Counter, deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from itertools import chain
-from operator import attrgetter
-from typing import Any, Protocol
+from itertools import compress
+from operator import attrgetter, itemgetter
+from typing import Any, Protocol, cast
 
 import numpy as np
+import orjson
 from opentelemetry.sdk.metrics.export import (
     MetricExporter,
     MetricExportResult,
@@ -257,6 +258,10 @@ class Pipeline:
         """(identifier, metadata key) -> (spec, attribute key) of tensor events."""
         self._write_lock = threading.RLock()
         self._stop = threading.Event()
+        self._wake = threading.Event()
+        """Set by submit(): a handed-off batch is written at once, not after the next tick.
+        Events that wait die old: the garbage collector promotes them to its oldest
+        generation, and full collections of a process with torch loaded take tens of ms."""
         self._event_file_failing = False
         self.workers = [
             ExportWorker(
@@ -290,6 +295,8 @@ class Pipeline:
         if overflow:
             self.drops.add("queue_overflow", "*", len(batch),
                            why="the writer is behind by more than OTEL_SPARSE_MAX_PENDING_EVENTS")
+        else:
+            self._wake.set()
 
     def enable(self, spec: MetricSpec) -> None:
         """Make ``spec`` the way its identifier is exported from now on."""
@@ -331,6 +338,7 @@ class Pipeline:
     def close(self) -> None:
         """Final write and export; stops the threads. Waits at most the shutdown timeout."""
         self._stop.set()
+        self._wake.set()
         if threading.current_thread() is not self._thread:
             self._thread.join(timeout=self.settings.shutdown_timeout_s)
         with self._write_lock:
@@ -345,7 +353,12 @@ class Pipeline:
     def _run(self) -> None:
         tick = min(0.25, self.settings.write_delay_s / 4)
         # No pause while batches wait: _drain() takes what was pending when it began.
-        while not self._stop.wait(0 if self._pending else tick):
+        while True:
+            if not self._pending:
+                self._wake.wait(tick)
+            self._wake.clear()
+            if self._stop.is_set():
+                return
             owner = self._owner_ref()
             if owner is None:
                 return
@@ -364,17 +377,28 @@ class Pipeline:
     def _drain(self) -> None:
         # Only the batches pending now: threads that keep logging must not keep a flush()
         # or close() draining forever (later batches wait for the next round).
+        events: list[LogEvent] = []
         for _ in range(len(self._pending)):
             with self._pending_lock:
                 batch = self._pending.popleft()
                 self._pending_events -= len(batch)
             self._retired.append(batch)
-            self._write_batch(_take_all(batch))
+            events += _take_all(batch)
+            if len(events) >= _EVENTS_PER_WRITE:
+                self._write_batch(events)
+                events = []
         for batch in self._retired:
             if batch:  # a log() on another thread appended just as the queue was swapped
-                self._write_batch(_take_all(batch))
+                events += _take_all(batch)
+        self._write_batch(events)
 
     def _write_batch(self, events: list[LogEvent]) -> None:
+        """Aggregate ``events`` and append their lines to the event file in one write.
+
+        Pending batches are written together: each write is a few system calls, each of
+        which gives up the GIL, and a thread that gives it up waits a switch interval (5 ms)
+        to get it back from a training loop that keeps logging.
+        """
         if not events:
             return
         values = list(map(_VALUE, events))
@@ -385,14 +409,82 @@ class Pipeline:
             self._state_generation = self.aggregator.generation
         metrics = list(map(_METRIC, events))
         openings = line_openings(events)
-        keys, known = self._known_lookup(events, metrics, openings)
+        known = self._known_lookup(events, metrics, openings)
         out = _BatchOut()
+        text = self._known_batch_text(known, openings, values, out) if known else None
+        if text is None:
+            self._write_each(events, known, openings, values, host_by_event, errors, out)
+            text = "\n".join(out.lines) + "\n"
+        try:
+            add_values(out.states, out.numbers)
+        except Exception as exc:  # the lines of the batch are written regardless
+            self.drops.add("internal_error", "*", len(out.numbers),
+                           why=f"{type(exc).__name__}: {exc}")
+        self._logged.update(metrics)
+        for (metric, key, shape), arrays in out.blocks.items():
+            try:
+                self._record_block(metric, key, shape, arrays)
+            except Exception as exc:  # the lines of the batch are written regardless
+                self.drops.add("internal_error", str(metric), len(arrays),
+                               why=f"{type(exc).__name__}: {exc}")
+        self._batches_written += 1
+        self._write_text(text, len(events))
+
+    def _known_batch_text(
+        self, known: list[_KnownLine | None], openings: list[str] | None, values: list[Any],
+        out: _BatchOut,
+    ) -> str | None:
+        """The batch's lines when every event is a plain number on a known line, else None.
+
+        The usual batch of a steady run. Every step is one C-level pass over the batch (no
+        bytecode per event): the writer shares the GIL with the training loop.
+        """
+        if openings is None or None in known:
+            return None
+        types = set(map(type, values))
+        if not _NUMBER_TYPES.issuperset(types):
+            return None
+        try:
+            total = sum(values)
+            low, high = min(values), max(values)
+        except OverflowError:  # an int too large for a float
+            return None
+        if total - total != 0 or low < -_FAST_INT_BOUND or high > _FAST_INT_BOUND:
+            return None  # a NaN or infinity somewhere, or huge ints: checked one by one
+        entries = cast(list[_KnownLine], known)  # no None among them
+        if low < 0 and 0 in map(_FLOOR, entries):
+            return None  # a negative value for a counter, refused one by one
+        states = list(map(_STATE, entries))
+        numbers = list(map(float, values)) if int in types else values
+        if None in states:  # events-only metrics have no series
+            numbers = list(compress(numbers, states))
+            states = list(filter(None, states))
+        out.states = states
+        out.numbers = numbers
+        # One list of every piece, filled by slice assignment: no tuple per line.
+        pieces = ["\n"] * (5 * len(values))
+        pieces[0::5] = openings
+        pieces[1::5] = map(_HEAD, entries)
+        pieces[2::5] = _number_texts(values)
+        pieces[3::5] = map(_TAIL, entries)
+        return "".join(pieces)
+
+    def _write_each(
+        self,
+        events: list[LogEvent],
+        known: list[_KnownLine | None] | None,
+        openings: list[str] | None,
+        values: list[Any],
+        host_by_event: dict[int, np.ndarray | None],
+        errors: dict[int, str],
+        out: _BatchOut,
+    ) -> None:
+        """Events one at a time: known lines from their cached parts, the rest in full."""
         add_line, add_state, add_number = out.lines.append, out.states.append, out.numbers.append
-        # (without openings no line is known: the Nones of `known` stand in for them)
-        rows = zip(known, openings or known, values, strict=True)
+        cache_lines = known is not None
+        nothing: list[Any] = [None] * len(events)  # no line is known without openings
+        rows = zip(known or nothing, openings or nothing, values, strict=True)
         for i, (parts, opening, value) in enumerate(rows):
-            # The common case, a number for a series and call site seen before: its line is
-            # the timestamp and the value between two cached strings, its state is cached.
             if parts is not None:
                 head, tail, state, floor = parts
                 tp = type(value)
@@ -409,21 +501,7 @@ class Pipeline:
                         add_state(state)
                         add_number(float(value))
                     continue
-            self._write_event(events[i], i, keys[i] if keys else None, host_by_event, errors, out)
-        try:
-            add_values(out.states, out.numbers)
-        except Exception as exc:  # the lines of the batch are written regardless
-            self.drops.add("internal_error", "*", len(out.numbers),
-                           why=f"{type(exc).__name__}: {exc}")
-        self._logged.update(metrics)
-        for (metric, key, shape), arrays in out.blocks.items():
-            try:
-                self._record_block(metric, key, shape, arrays)
-            except Exception as exc:  # the lines of the batch are written regardless
-                self.drops.add("internal_error", str(metric), len(arrays),
-                               why=f"{type(exc).__name__}: {exc}")
-        self._batches_written += 1
-        self._write_lines(out.lines)
+            self._write_event(events[i], i, cache_lines, host_by_event, errors, out)
 
     def _host_copies(
         self, values: list[Any]
@@ -449,41 +527,49 @@ class Pipeline:
 
     def _known_lookup(
         self, events: list[LogEvent], metrics: list[str], openings: list[str] | None
-    ) -> tuple[list[Any] | None, list[_KnownLine | None]]:
-        """Each event's cache key and cached line parts (None where unknown), found in C.
+    ) -> list[_KnownLine | None] | None:
+        """Each event's cached line parts (None where unknown), looked up in C; None when the
+        batch cannot use the cache.
 
-        The key is (metric, location, metadata items, context). Items alone would confuse
-        1, 1.0 and True (equal, hashed alike, written differently), so the lookup only runs
-        for batches whose metadata values are all int, str or None, the types that never
-        compare equal across each other; other batches take the per-event path.
+        The key is (metric, location, metadata as orjson writes it, context). One orjson
+        call encodes the whole batch's metadata, split at the "},{" between the dicts; the
+        text tells 1, 1.0 and True apart (equal in Python, written differently). Two things
+        orjson writes like plain values, an Enum (as its value) and a UUID (as its string),
+        would find the line of that plain value if one was logged at the same place before:
+        a known limit, where json.dumps would have failed and the line shown their repr. No
+        key outlives its lookup: thousands of live objects would be promoted by the garbage
+        collector and bring on full collections, the largest cost a writer could add.
         """
         if openings is None:
-            return None, [None] * len(events)
+            return None
         metadata = list(map(_METADATA, events))
+        if not _DICT_ONLY.issuperset(map(type, metadata)):
+            return None
         try:
-            types = set(map(type, chain.from_iterable(map(dict.values, metadata))))
-        except TypeError:  # metadata that is not a dict
-            return None, [None] * len(events)
-        if not _KEY_SAFE_TYPES.issuperset(types):
-            return None, [None] * len(events)
-        keys = list(zip(metrics, map(_LOCATION, events),
-                        map(tuple, map(dict.items, metadata)), map(event_context, events),
-                        strict=True))
-        return keys, list(map(self._known.get, keys))
+            encoded = orjson.dumps(metadata, option=_KEY_OPTIONS)[2:-2].decode()
+        except TypeError:  # a value orjson refuses (orjson.JSONEncodeError is a TypeError)
+            return None
+        texts = encoded.split("},{")
+        if len(texts) != len(events):
+            return None  # "},{" inside a string or nested metadata: not one piece per dict
+        keys = zip(metrics, map(_LOCATION, events), texts, map(event_context, events),
+                   strict=True)
+        return list(map(self._known.get, keys))
 
     def _write_event(
         self,
         ev: LogEvent,
         i: int,
-        known_key: Any,
+        cache_line: bool,
         host_by_event: dict[int, np.ndarray | None],
         errors: dict[int, str],
         out: _BatchOut,
     ) -> None:
         """One event the line cache did not take: encoded, checked and aggregated in full.
 
-        Where the event is an ordinary number, what it needed is remembered under
-        ``known_key``, so that the next events of its series and call site take the fast loop.
+        Where the event is an ordinary number and ``cache_line`` says its batch used the line
+        cache, what it needed is remembered, so that the next events of its series and call
+        site take the fast path.
         """
         value: Any = ev.value
         metadata_key = _metadata_key(ev.metadata, event_context(ev))
@@ -518,7 +604,7 @@ class Pipeline:
         line = encode(ev, value, metadata_key)
         out.lines.append(line)
         if len(line) > _MAX_CACHED_LINE:
-            metadata_key = known_key = None  # huge metadata is kept alive by no cache
+            metadata_key = None  # huge metadata is kept alive by no cache
         try:
             cacheable = True
             if state is _UNSEEN:
@@ -536,14 +622,24 @@ class Pipeline:
                         out.numbers.append(value)
                 elif tp is not int:
                     self._refuse_value(ev.metric, value)
-            if (known_key is not None and metadata_key is not None and cacheable
+            if (cache_line and metadata_key is not None and cacheable
                     and type(ev.value) in _NUMBER_TYPES):
-                self._remember_line(ev, known_key, metadata_key, state)
+                self._remember_line(ev, metadata_key, state)
         except Exception as exc:  # one odd event must not cost the batch its lines
             self.drops.add("internal_error", str(ev.metric), why=f"{type(exc).__name__}: {exc}")
 
-    def _remember_line(self, ev: LogEvent, known_key: Any, metadata_key: Any,
-                       state: State | None) -> None:
+    def _remember_line(self, ev: LogEvent, metadata_key: Any, state: State | None) -> None:
+        """Cache the line parts of a number logged with flat metadata.
+
+        Only ints, strs, bools and finite floats: orjson writes None, NaN and infinity all
+        as null, so a key holding null could stand for any of them, and nested values
+        could be lists or tuples alike. Events with such metadata never find a line.
+        """
+        metadata = ev.metadata
+        if type(metadata) is not dict or not _PLAIN_TYPES.issuperset(map(type, metadata.values())):
+            return
+        if any(type(v) is float and v - v != 0.0 for v in metadata.values()):
+            return
         try:
             head, tail = self._encoder.line_parts(ev, metadata_key)
         except (TypeError, ValueError, RecursionError):  # written by repr: the long way each time
@@ -552,13 +648,15 @@ class Pipeline:
         monotonic = type(state) is SumState and self._monotonic(ev.metric)
         if len(self._known) > 4 * self.settings.max_series:
             self._known.clear()
-        self._known[known_key] = (head, tail, state, 0 if monotonic else -_FAST_INT_BOUND)
+        key = (ev.metric, ev.location, orjson.dumps(metadata, option=_KEY_OPTIONS)[1:-1].decode(),
+               event_context(ev))
+        self._known[key] = (head, tail, state, 0 if monotonic else -_FAST_INT_BOUND)
 
-    def _write_lines(self, lines: list[str]) -> None:
+    def _write_text(self, text: str, count: int) -> None:
         try:
-            self.event_file.write(lines)
+            self.event_file.write(text)
         except OSError as exc:
-            self.drops.add("event_file_error", "*", len(lines),
+            self.drops.add("event_file_error", "*", count,
                            why=f"cannot write {self.event_file.path}: {exc}")
             self._event_file_failing = True
             return
@@ -720,6 +818,20 @@ class _BatchOut:
         self.blocks: dict[tuple[str, AttributeKey, tuple[int, ...]], list[np.ndarray]] = {}
 
 
+def _number_texts(values: list[float | int]) -> Iterable[str]:
+    """``repr()`` of each finite float or int, as json.dumps writes them.
+
+    orjson writes the same shortest round-trip digits ten times faster, and the same text
+    wherever Python's repr uses no exponent. Where repr does (|v| < 1e-4 or >= 1e16), orjson
+    writes an "e" too, or for 1e-7 <= |v| < 1e-4 four zeros after the point: then repr
+    writes them all.
+    """
+    joined = orjson.dumps(values)[1:-1].decode()
+    if "e" not in joined and "0.0000" not in joined:
+        return joined.split(",")
+    return map(repr, values)
+
+
 def _metadata_key(metadata: Any, context: Any) -> Any:
     """A key equal for metadata that encodes alike and makes the same series; None if the
     metadata cannot be cached.
@@ -747,11 +859,17 @@ def _metadata_key(metadata: Any, context: Any) -> Any:
 _NO_METADATA = ((), ())
 _UNSEEN: Any = object()
 _CACHEABLE_TYPES = frozenset({int, str, bool, type(None)})
-_KEY_SAFE_TYPES = frozenset({int, str, type(None)})
-"""Metadata value types whose items alone identify a line: no two of them compare equal."""
+_DICT_ONLY = frozenset({dict})
+_PLAIN_TYPES = frozenset({int, str, bool, float})
+_KEY_OPTIONS = (orjson.OPT_PASSTHROUGH_SUBCLASS | orjson.OPT_PASSTHROUGH_DATETIME
+                | orjson.OPT_PASSTHROUGH_DATACLASS)
+"""Metadata keys refuse what orjson would write like a plain value (str subclasses, dates)."""
 _NUMBER_TYPES = frozenset({float, int})
 _FAST_INT_BOUND = 2**63
+_EVENTS_PER_WRITE = 50_000
+"""Most events one write takes (bounds the text held in memory: about 150 bytes each)."""
 """Ints within it become floats and text without the checks huge ints need."""
+_HEAD, _TAIL, _STATE, _FLOOR = (itemgetter(i) for i in range(4))
 _VALUE = attrgetter("value")
 _METRIC = attrgetter("metric")
 _METADATA = attrgetter("metadata")

@@ -270,10 +270,10 @@ class _StalledWrites:
         self._write = pipeline.event_file.write
         self._pipeline = pipeline
 
-        def stalled(lines: Any) -> None:
+        def stalled(*args: Any) -> None:
             self.entered.set()
             self.release.wait(60)  # never a hang: the test fails on its own counts instead
-            self._write(lines)
+            self._write(*args)
 
         pipeline.event_file.write = stalled
 

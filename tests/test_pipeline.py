@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import json
 import math
+import random
 import multiprocessing
 import os
 import subprocess
@@ -17,6 +18,7 @@ import pytest
 from opentelemetry.sdk.metrics.export import MetricExporter, MetricExportResult, MetricsData
 
 from otel_sparse import MicroMetricLogger
+from otel_sparse.exporters import _files
 from otel_sparse.testing import InMemoryMetricExporter
 from tests._helpers import latest_points, read_jsonl, wait_for
 
@@ -148,6 +150,7 @@ class TestLifecycle:
 _CHILD = """
 import sys
 from otel_sparse import MicroMetricLogger
+from otel_sparse.exporters import _files
 MicroMetricLogger.register_metric("research_attention_density", float)
 lg = MicroMetricLogger(log_path=sys.argv[1], enabled_metrics="all")
 for i in range(4):
@@ -398,3 +401,106 @@ class TestLineCache:
         locations = [r["location"].rsplit(".", 1)[-1]
                      for r in read_jsonl(tmp_path / "micro_metrics.jsonl")]
         assert locations == ["first", "second"] * 3
+
+    def test_whole_batches_of_known_lines_equal_json_dumps(
+        self, fresh_logger: type[MicroMetricLogger], tmp_path: Path
+    ) -> None:
+        """Batches where every line is known take the batch-at-once path; floats of every
+        magnitude (where orjson and repr spell numbers differently) come out as json.dumps."""
+        fresh_logger.register_metric("note", str)
+        sink = InMemoryMetricExporter()
+        logger = _logger(fresh_logger, tmp_path, exporters=[sink], flush_every=10**6)
+        rng = random.Random(7)
+        magnitudes = [rng.random() * 10.0 ** rng.randint(-30, 30) for _ in range(3000)]
+        edges = [0.0, -0.0, 1e-4, 9.99e-5, 1e-5, 0.00012, 10.00001, 1e15, 1e16 - 2, 1e16,
+                 5e-324, 123456789.125, 2**53 + 1.0, 1.5, 7]
+        metadata = [{"layer_idx": i % 4, "head_idx": i % 3} for i in range(12)]
+        events: list[Any] = []
+        small = [rng.uniform(1e-5, 1e-4) for _ in range(50)]  # orjson: 0.0000..., repr: e-05
+        for chunk in ([0.5] * 12, edges, [rng.random() for _ in range(500)], magnitudes,
+                      [-v for v in magnitudes], [3, 4.5, 6] * 20, small, [1e15, 9e15, -5e15]):
+            for i, value in enumerate(chunk):
+                logger.log(DENSITY, value, metadata[i % 12])
+                if i % 50 == 0:
+                    logger.log("note", 0.25, {"layer_idx": 1})  # events only: no series
+            events += list(logger.log_queue)
+            logger.flush()
+        lines = (tmp_path / "micro_metrics.jsonl").read_text(encoding="utf-8").splitlines()
+        assert lines == [_asdict_line(e) for e in events]
+        expected: dict[tuple[int, int], list[float]] = {}
+        for e in events:
+            if e.metric == DENSITY:  # added in order, as the aggregator adds them
+                series = expected.setdefault((e.metadata["layer_idx"], e.metadata["head_idx"]),
+                                             [0, 0.0])
+                series[0] += 1
+                series[1] += e.value
+        got = {(p.attributes["layer"], p.attributes["head"]): [p.count, p.sum]
+               for p in sink.points(NAME)}
+        assert got == expected
+
+    def test_metadata_orjson_cannot_key_keeps_exact_lines(
+        self, fresh_logger: type[MicroMetricLogger], tmp_path: Path
+    ) -> None:
+        """None next to NaN (both null to orjson), "},{" inside strings, nested and
+        non-str-keyed metadata: each line is still json.dumps of its event."""
+        logger = _logger(fresh_logger, tmp_path)
+        batches: list[list[tuple[Any, dict[Any, Any]]]] = [
+            [(0.5, {"layer_idx": 1, "x": None})] * 2,
+            [(0.5, {"layer_idx": 1, "x": float("nan")}), (0.5, {"layer_idx": 1, "x": None})],
+            [(0.5, {"layer_idx": 1, "x": float("inf")})],
+            [(0.5, {"layer_idx": 1, "s": "a},{b"}), (0.5, {"layer_idx": 2})] * 2,
+            [(0.5, {"layer_idx": 1, "nested": [{"a": 1}, {"b": 2}]}), (0.5, {"layer_idx": 1})],
+            [(0.5, {"layer_idx": 1, "t": (1, 2)}), (0.5, {"layer_idx": 1, "t": [1, 2]})] * 2,
+            [(0.5, {1: "int key"}), (0.25, {"layer_idx": 1})],
+            [(0.5, {})] * 3,
+        ]
+        events = self._flush_batches(logger, batches)
+        lines = (tmp_path / "micro_metrics.jsonl").read_text(encoding="utf-8").splitlines()
+        assert lines == [_asdict_line(e) for e in events]
+
+    def test_pending_batches_go_out_in_one_write(
+        self, fresh_logger: type[MicroMetricLogger], tmp_path: Path
+    ) -> None:
+        """Batches handed off while the writer was busy are appended by one write: each write
+        costs system calls that give up the GIL to the training loop."""
+        logger = _logger(fresh_logger, tmp_path, flush_every=100)
+        pipeline = logger._pipeline_or_start()
+        writes: list[int] = []
+        write = pipeline.event_file.write
+
+        def counting(text: str) -> None:
+            writes.append(text.count("\n"))
+            write(text)
+
+        pipeline.event_file.write = counting  # type: ignore[method-assign]
+        with pipeline._write_lock:  # the writer is busy: hand-offs pile up
+            for i in range(1000):
+                logger.log(DENSITY, 0.5, {"layer_idx": i % 8})
+            assert len(pipeline._pending) == 10
+        logger.flush()
+        assert writes == [1000]
+        assert len(read_jsonl(tmp_path / "micro_metrics.jsonl")) == 1000
+
+
+class TestAppendOnlyFile:
+    """Whole-line writes in chunks of about a megabyte."""
+
+    def test_long_text_is_cut_only_between_lines(self, tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+        """Chunks end at newlines; a line longer than a chunk goes out whole."""
+        writes: list[bytes] = []
+        real_write = os.write
+
+        def recording(fd: int, data: Any) -> int:
+            writes.append(bytes(data))
+            return real_write(fd, data)
+
+        monkeypatch.setattr(_files, "_CHUNK", 64)
+        monkeypatch.setattr(_files.os, "write", recording)
+        lines = [f"line {i} " + "x" * (i * 7) for i in range(40)]
+        out = _files.AppendOnlyFile(str(tmp_path / "f.jsonl"))
+        out.append_text(("\n".join(lines) + "\n").encode())
+        assert (tmp_path / "f.jsonl").read_text().splitlines() == lines
+        assert len(writes) > 10
+        assert all(chunk.endswith(b"\n") for chunk in writes)
+        assert all(len(chunk) <= 64 or chunk.count(b"\n") == 1 for chunk in writes)

@@ -70,23 +70,29 @@ class AppendOnlyFile:
 
     def append_lines(self, lines: list[bytes]) -> None:
         """Append lines (without newlines); raises OSError if the disk refuses them."""
-        if not lines:
+        if lines:
+            self.append_text(b"\n".join(lines) + b"\n")
+
+    def append_text(self, data: bytes) -> None:
+        """Append whole lines, each ending in a newline; raises OSError if the disk refuses them."""
+        if not data:
             return
         fd = self._open()
         try:
             if not self._checked_tail:
                 _repair_torn_tail(fd, self.path)
                 self._checked_tail = True
-            chunk: list[bytes] = []
-            size = 0
-            for line in lines:
-                chunk.append(line)
-                size += len(line) + 1
-                if size >= _CHUNK:
-                    _write_all(fd, b"\n".join(chunk) + b"\n")
-                    chunk, size = [], 0
-            if chunk:
-                _write_all(fd, b"\n".join(chunk) + b"\n")
+            view = memoryview(data)
+            start = 0
+            while start < len(data):
+                end = start + _CHUNK
+                if end < len(data):  # cut after the chunk's last newline (a longer line: whole)
+                    cut = data.rfind(b"\n", start, end)
+                    if cut < 0:
+                        cut = data.find(b"\n", end)
+                    end = len(data) if cut < 0 else cut + 1
+                _write_all(fd, view[start:end])
+                start = end
         except OSError:
             self._checked_tail = False
             raise
@@ -94,7 +100,7 @@ class AppendOnlyFile:
             os.close(fd)
 
 
-def _write_all(fd: int, data: bytes) -> None:
+def _write_all(fd: int, data: bytes | memoryview) -> None:
     """Write every byte, or cut the file back to where it was and raise (disk full, say)."""
     start = os.fstat(fd).st_size
     view = memoryview(data)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable
 from datetime import datetime
 from operator import attrgetter
 from typing import Any
@@ -245,6 +244,6 @@ class EventFileWriter:
         """Where the events go."""
         return self._file.path
 
-    def write(self, lines: Iterable[str]) -> None:
-        """Append encoded lines; raises OSError if the disk refuses them."""
-        self._file.append_lines([line.encode("utf-8", "surrogatepass") for line in lines])
+    def write(self, text: str) -> None:
+        """Append encoded lines, each ending in a newline; raises OSError if the disk refuses."""
+        self._file.append_text(text.encode("utf-8", "surrogatepass"))
