@@ -51,7 +51,8 @@ MAX_TENSOR_DIMS = 2
 """0-d, [heads] or [layers, heads]. Larger tensors are refused, never copied to the host."""
 
 Capture = Callable[[Any, Any], Any]
-_capture_by_type: dict[type, Capture] = {}
+captures_by_type: dict[type, Capture] = {}
+"""The capture function of each value type met so far (filled by ``capture``)."""
 
 
 def _spans_metadata(dims: int, metadata: Any) -> Refusal | None:
@@ -89,10 +90,11 @@ def _torch_tensor(value: Any, metadata: Any) -> Any:
     if dims:
         if dims > MAX_TENSOR_DIMS:
             return TOO_MANY_DIMS
-        # the common case (layer only) answered inline: this runs on every tensor log()
+        # the common case (layer only) answered inline: this runs on every tensor log(),
+        # and what it costs beyond the clone is what a tensor log() costs beyond a scalar one
         if type(metadata) is dict and (
-            "head" in metadata or "head_idx" in metadata
-            or (dims == 2 and ("layer" in metadata or "layer_idx" in metadata))
+            "head_idx" in metadata or "head" in metadata
+            or (dims == 2 and ("layer_idx" in metadata or "layer" in metadata))
         ):
             return _spans_metadata(dims, metadata)
     if value.is_cuda and sys.modules["torch"].cuda.is_current_stream_capturing():
@@ -121,9 +123,9 @@ def capture(value: Any, metadata: Any = None) -> Any:
     ``metadata`` is checked against what a [heads]/[layers, heads] value already spans.
     """
     tp = type(value)
-    fn = _capture_by_type.get(tp)
+    fn = captures_by_type.get(tp)
     if fn is None:
-        fn = _capture_by_type[tp] = _capture_for(tp)
+        fn = captures_by_type[tp] = _capture_for(tp)
     return fn(value, metadata)
 
 
