@@ -97,7 +97,9 @@ def _torch_tensor(value: Any, metadata: Any) -> Any:
             or (dims == 2 and ("layer_idx" in metadata or "layer" in metadata))
         ):
             return _spans_metadata(dims, metadata)
-    if value.is_cuda and sys.modules["torch"].cuda.is_current_stream_capturing():
+    # Graph capture needs CUDA; `_initialized` (a module flag, read in tens of ns) spares
+    # CPU-only processes the device check on every call.
+    if _torch_cuda._initialized and value.is_cuda and _torch_cuda.is_current_stream_capturing():
         return IN_GRAPH_CAPTURE
     if value.requires_grad:
         value = value.detach()
@@ -105,9 +107,25 @@ def _torch_tensor(value: Any, metadata: Any) -> Any:
     return value.clone()
 
 
+class _AlwaysCheckDevice:
+    """Stands in for torch.cuda where a torch version has no ``_initialized`` flag."""
+
+    _initialized = True
+
+    def __init__(self, cuda: Any) -> None:
+        self.is_current_stream_capturing = cuda.is_current_stream_capturing
+
+
+_torch_cuda: Any = None
+"""torch.cuda, once the first tensor was logged (never imported by otel_sparse itself)."""
+
+
 def _capture_for(tp: type) -> Capture:
+    global _torch_cuda
     torch = sys.modules.get("torch")
     if torch is not None and issubclass(tp, torch.Tensor):
+        cuda = torch.cuda
+        _torch_cuda = cuda if hasattr(cuda, "_initialized") else _AlwaysCheckDevice(cuda)
         return _torch_tensor
     if issubclass(tp, np.ndarray):
         return _numpy_array
