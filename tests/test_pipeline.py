@@ -5,9 +5,9 @@ from __future__ import annotations
 import gc
 import json
 import math
-import random
 import multiprocessing
 import os
+import random
 import subprocess
 import sys
 import threading
