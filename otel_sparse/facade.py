@@ -618,8 +618,6 @@ class MicroMetricLogger(metaclass=_SingletonMeta):
             self._pipeline_or_start()
 
 
-
-
 class EventContext:
     """An immutable snapshot of context values, shared by every event logged under it."""
 

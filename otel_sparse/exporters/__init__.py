@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import Any
 
 from opentelemetry.sdk.metrics.export import ConsoleMetricExporter, MetricExporter
 
 from otel_sparse.exporters.jsonl import METRICS_FILE_NAME, JsonlMetricExporter
 from otel_sparse.exporters.otlp import QuietOtlpExporter, make_otlp_exporter
-from otel_sparse.exporters.otlp_json_file import OTLP_FILE_NAME, OtlpJsonFileExporter
 
 __all__ = [
     "JsonlMetricExporter",
@@ -26,6 +26,9 @@ def build_exporter(
         base, ext = os.path.splitext(METRICS_FILE_NAME)
         return JsonlMetricExporter(os.path.join(log_path, base + file_suffix + ext))
     if name == "otlp_file":
+        # imported here: the OTel proto packages add a tenth of a second to every import
+        from otel_sparse.exporters.otlp_json_file import OTLP_FILE_NAME, OtlpJsonFileExporter
+
         # every process its own file, also when OTEL_SPARSE_OTLP_FILE names one for all
         base, ext = os.path.splitext(otlp_file or os.path.join(log_path, OTLP_FILE_NAME))
         return OtlpJsonFileExporter(base + file_suffix + ext)
@@ -34,3 +37,12 @@ def build_exporter(
     if name == "console":
         return ConsoleMetricExporter(out=sys.stderr)
     raise ValueError(f"unknown exporter {name!r}")
+
+
+def __getattr__(name: str) -> Any:
+    """``OtlpJsonFileExporter`` on first use (see build_exporter)."""
+    if name == "OtlpJsonFileExporter":
+        from otel_sparse.exporters.otlp_json_file import OtlpJsonFileExporter
+
+        return OtlpJsonFileExporter
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
