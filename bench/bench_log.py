@@ -89,29 +89,30 @@ def main() -> None:
     # (a cost the amortised figure counts), not the caller of log().
     chunk = 5000
 
-    def held_log(k: int) -> int:
-        log = logger.log
-        queue = logger.log_queue
-        spent = 0
-        for start in range(0, k, chunk):
-            begin = time.perf_counter_ns()
-            for i in range(start, min(k, start + chunk)):
-                log(METRIC, 0.25, {"layer_idx": i & 31, "head_idx": i >> 5 & 31})
-            spent += time.perf_counter_ns() - begin
-            queue.clear()
-        return spent
+    def in_chunks(run_chunk: Callable[[range], None]) -> Callable[[int], int]:
+        """A body for per_call_ns: ``run_chunk`` over chunks of the k calls, timed, with the
+        queue emptied between chunks outside the timing."""
+        def body(k: int) -> int:
+            spent = 0
+            for start in range(0, k, chunk):
+                begin = time.perf_counter_ns()
+                run_chunk(range(start, min(k, start + chunk)))
+                spent += time.perf_counter_ns() - begin
+                logger.log_queue.clear()
+            return spent
+        return body
 
-    def singleton_log(k: int) -> int:
-        queue = logger.log_queue
-        spent = 0
-        for start in range(0, k, chunk):
-            begin = time.perf_counter_ns()
-            for i in range(start, min(k, start + chunk)):
-                metadata = {"layer_idx": i & 31, "head_idx": i >> 5 & 31}
-                MicroMetricLogger().log(METRIC, 0.25, metadata)
-            spent += time.perf_counter_ns() - begin
-            queue.clear()
-        return spent
+    def held_chunk(calls: range) -> None:
+        log = logger.log
+        for i in calls:
+            log(METRIC, 0.25, {"layer_idx": i & 31, "head_idx": i >> 5 & 31})
+
+    def singleton_chunk(calls: range) -> None:
+        for i in calls:
+            metadata = {"layer_idx": i & 31, "head_idx": i >> 5 & 31}
+            MicroMetricLogger().log(METRIC, 0.25, metadata)
+
+    held_log, singleton_log = in_chunks(held_chunk), in_chunks(singleton_chunk)
 
     results: dict[str, float] = {}
     loop = per_call_ns(empty_loop, n, repeat)
@@ -143,22 +144,15 @@ def main() -> None:
     if torch is not None:
         heads = torch.rand(HEADS)
 
-        def timed_log(value: object) -> Callable[[int], int]:
-            def body(k: int) -> int:
+        def layer_only(value: object) -> Callable[[range], None]:
+            def run_chunk(calls: range) -> None:
                 log = logger.log
-                queue = logger.log_queue
-                spent = 0
-                for start in range(0, k, chunk):
-                    begin = time.perf_counter_ns()
-                    for i in range(start, min(k, start + chunk)):
-                        _ = (i & 31, i >> 5 & 31)
-                        log(METRIC, value, {"layer_idx": i & 31})
-                    spent += time.perf_counter_ns() - begin
-                    queue.clear()
-                return spent
-            return body
+                for i in calls:
+                    _ = (i & 31, i >> 5 & 31)
+                    log(METRIC, value, {"layer_idx": i & 31})
+            return run_chunk
 
-        tensor_log, scalar_log = timed_log(heads), timed_log(0.25)
+        tensor_log, scalar_log = in_chunks(layer_only(heads)), in_chunks(layer_only(0.25))
 
         # In alternation, one repeat of each at a time: the ratio of the two minima then
         # compares the same stretch of a host whose speed drifts.
