@@ -35,8 +35,7 @@ from otel_sparse._instruments import (
     MetricSpec,
     make_spec,
 )
-from otel_sparse._values import Refusal, capture
-from otel_sparse._values import captures_by_type as _captures_by_type
+from otel_sparse._values import Refusal, capture, captures_by_type
 from otel_sparse.config import Settings, parse_exporters, sigterm_handler_enabled
 from otel_sparse.event import LogEvent
 from otel_sparse.pipeline import DropCounter, Pipeline
@@ -306,7 +305,7 @@ class MicroMetricLogger(metaclass=_SingletonMeta):
             tp = type(value)
             if tp is not float and tp is not int and value is not None:
                 # the type's capture function straight from its cache: one call, not two
-                value = (_captures_by_type.get(tp) or capture)(value, metadata)
+                value = (captures_by_type.get(tp) or capture)(value, metadata)
                 if type(value) is Refusal:
                     self._drops.add(value.code, identifier, why=value.why)
                     return

@@ -408,10 +408,13 @@ class Pipeline:
             self._known.clear()
             self._state_generation = self.aggregator.generation
         metrics = list(map(_METRIC, events))
+        # without openings (a timestamp that is no datetime) no line is known
         openings = line_openings(events)
-        known = self._known_lookup(events, metrics, openings)
+        known = self._known_lookup(events, metrics) if openings is not None else None
         out = _BatchOut()
-        text = self._known_batch_text(known, openings, values, out) if known else None
+        text = None
+        if known is not None and openings is not None:
+            text = self._known_batch_text(known, openings, values, out)
         if text is None:
             self._write_each(events, known, openings, values, host_by_event, errors, out)
             text = "\n".join(out.lines) + "\n"
@@ -431,7 +434,7 @@ class Pipeline:
         self._write_text(text, len(events))
 
     def _known_batch_text(
-        self, known: list[_KnownLine | None], openings: list[str] | None, values: list[Any],
+        self, known: list[_KnownLine | None], openings: list[str], values: list[Any],
         out: _BatchOut,
     ) -> str | None:
         """The batch's lines when every event is a plain number on a known line, else None.
@@ -439,7 +442,7 @@ class Pipeline:
         The usual batch of a steady run. Every step is one C-level pass over the batch (no
         bytecode per event): the writer shares the GIL with the training loop.
         """
-        if openings is None or None in known:
+        if None in known:
             return None
         types = set(map(type, values))
         if not _NUMBER_TYPES.issuperset(types):
@@ -481,8 +484,7 @@ class Pipeline:
     ) -> None:
         """Events one at a time: known lines from their cached parts, the rest in full."""
         add_line, add_state, add_number = out.lines.append, out.states.append, out.numbers.append
-        cache_lines = known is not None
-        nothing: list[Any] = [None] * len(events)  # no line is known without openings
+        nothing: list[Any] = [None] * len(events)
         rows = zip(known or nothing, openings or nothing, values, strict=True)
         for i, (parts, opening, value) in enumerate(rows):
             if parts is not None:
@@ -501,7 +503,7 @@ class Pipeline:
                         add_state(state)
                         add_number(float(value))
                     continue
-            self._write_event(events[i], i, cache_lines, host_by_event, errors, out)
+            self._write_event(events[i], i, host_by_event, errors, out)
 
     def _host_copies(
         self, values: list[Any]
@@ -526,7 +528,7 @@ class Pipeline:
                     dict.fromkeys(array_at, f"{type(exc).__name__}: {exc}"))
 
     def _known_lookup(
-        self, events: list[LogEvent], metrics: list[str], openings: list[str] | None
+        self, events: list[LogEvent], metrics: list[str]
     ) -> list[_KnownLine | None] | None:
         """Each event's cached line parts (None where unknown), looked up in C; None when the
         batch cannot use the cache.
@@ -540,8 +542,6 @@ class Pipeline:
         key outlives its lookup: thousands of live objects would be promoted by the garbage
         collector and bring on full collections, the largest cost a writer could add.
         """
-        if openings is None:
-            return None
         metadata = list(map(_METADATA, events))
         if not _DICT_ONLY.issuperset(map(type, metadata)):
             return None
@@ -560,16 +560,14 @@ class Pipeline:
         self,
         ev: LogEvent,
         i: int,
-        cache_line: bool,
         host_by_event: dict[int, np.ndarray | None],
         errors: dict[int, str],
         out: _BatchOut,
     ) -> None:
         """One event the line cache did not take: encoded, checked and aggregated in full.
 
-        Where the event is an ordinary number and ``cache_line`` says its batch used the line
-        cache, what it needed is remembered, so that the next events of its series and call
-        site take the fast path.
+        Where the event is an ordinary number, what it needed is remembered, so that the next
+        events of its series and call site take the fast path.
         """
         value: Any = ev.value
         metadata_key = _metadata_key(ev.metadata, event_context(ev))
@@ -622,8 +620,7 @@ class Pipeline:
                         out.numbers.append(value)
                 elif tp is not int:
                     self._refuse_value(ev.metric, value)
-            if (cache_line and metadata_key is not None and cacheable
-                    and type(ev.value) in _NUMBER_TYPES):
+            if metadata_key is not None and cacheable and type(ev.value) in _NUMBER_TYPES:
                 self._remember_line(ev, metadata_key, state)
         except Exception as exc:  # one odd event must not cost the batch its lines
             self.drops.add("internal_error", str(ev.metric), why=f"{type(exc).__name__}: {exc}")
@@ -642,14 +639,15 @@ class Pipeline:
             return
         try:
             head, tail = self._encoder.line_parts(ev, metadata_key)
-        except (TypeError, ValueError, RecursionError):  # written by repr: the long way each time
+            # the key _known_lookup makes of this metadata in a batch
+            keyed = orjson.dumps(metadata, option=_KEY_OPTIONS)[1:-1].decode()
+        except (TypeError, ValueError, RecursionError):  # keys orjson or json.dumps refuse
             return
         # counters take no negative values: those go the long way, to be counted as dropped
         monotonic = type(state) is SumState and self._monotonic(ev.metric)
         if len(self._known) > 4 * self.settings.max_series:
             self._known.clear()
-        key = (ev.metric, ev.location, orjson.dumps(metadata, option=_KEY_OPTIONS)[1:-1].decode(),
-               event_context(ev))
+        key = (ev.metric, ev.location, keyed, event_context(ev))
         self._known[key] = (head, tail, state, 0 if monotonic else -_FAST_INT_BOUND)
 
     def _write_text(self, text: str, count: int) -> None:
