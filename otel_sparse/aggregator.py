@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 from bisect import bisect_left
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Union
 
 import numpy as np
 from opentelemetry.sdk.metrics.export import (
@@ -21,6 +21,7 @@ from opentelemetry.sdk.metrics.export import (
     Sum,
 )
 
+from otel_sparse._compat import zip_strict
 from otel_sparse._instruments import (
     OVERFLOW_ATTRIBUTES,
     AttributeKey,
@@ -75,7 +76,7 @@ class GaugeState:
         self.value = value
 
 
-State = HistogramState | SumState | GaugeState
+State = Union[HistogramState, SumState, GaugeState]
 
 
 def add_values(states: Sequence[State], values: Sequence[float]) -> None:
@@ -85,7 +86,7 @@ def add_values(states: Sequence[State], values: Sequence[float]) -> None:
     writer shares the GIL with the training loop, and a method call per value was a third
     of its time.
     """
-    for state, value in zip(states, values, strict=True):
+    for state, value in zip_strict(states, values):
         if type(state) is HistogramState:
             state.count += 1
             state.sum += value

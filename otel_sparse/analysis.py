@@ -26,6 +26,8 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from otel_sparse._compat import zip_strict
+
 if TYPE_CHECKING:
     import numpy as np
     import pandas as pd
@@ -498,7 +500,7 @@ class RunData:
 def _run_names(runs: list[RunFolder]) -> list[str]:
     names = [r.run_id for r in runs]
     counts = {n: names.count(n) for n in names}
-    return [n if counts[n] == 1 else f"{n} ({r.path})" for n, r in zip(names, runs, strict=True)]
+    return [n if counts[n] == 1 else f"{n} ({r.path})" for n, r in zip_strict(names, runs)]
 
 
 def read_run(path_or_paths: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]) -> RunData:
@@ -518,7 +520,7 @@ def read_run(path_or_paths: str | os.PathLike[str] | Sequence[str | os.PathLike[
     columns = _EventColumns()
     point_rows: list[dict[str, Any]] = []
     manifests: dict[str, dict[str, Any]] = {}
-    for run, name in zip(runs, _run_names(runs), strict=True):
+    for run, name in zip_strict(runs, _run_names(runs)):
         manifests[name] = run.manifest
         rank0 = run.manifest.get("ranks", {}).get("0", {}) if run.manifest else {}
         for data_file in run.event_files:

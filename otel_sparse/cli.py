@@ -22,7 +22,7 @@ import urllib.request
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, Optional
 
 import typer
 from rich.console import Console
@@ -30,6 +30,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from otel_sparse import config
+from otel_sparse._compat import zip_strict
 from otel_sparse._version import __version__
 from otel_sparse.analysis import (
     STATS,
@@ -54,7 +55,37 @@ EXIT_USAGE = 2
 EXIT_FAILED = 1
 """Exit code for a refused export, or problems found by ``doctor``."""
 
-app = typer.Typer(
+
+
+def _evaluated(func: Any) -> Any:
+    """``func`` with its string annotations (``from __future__ import annotations``) evaluated,
+    ``Annotated[...]`` kept: typer reads its options off them, and on 3.9 it cannot evaluate
+    them itself (no ``inspect.signature(eval_str=True)``), so every option silently turned
+    into a positional argument there."""
+    # Each text evaluated alone: 3.9's typing.get_type_hints would wrap an annotation whose
+    # default is None in Optional[...], which hides the Annotated[...] from typer.
+    func.__annotations__ = {
+        name: eval(text, func.__globals__) if isinstance(text, str) else text
+        for name, text in func.__annotations__.items()
+    }
+    return func
+
+
+class _Typer(typer.Typer):
+    """``typer.Typer`` whose commands read the same on 3.9 as on 3.10+ (see ``_evaluated``)."""
+
+    if sys.version_info < (3, 10):
+
+        def command(self, *args: Any, **kwargs: Any) -> Any:
+            register = super().command(*args, **kwargs)
+            return lambda func: register(_evaluated(func))
+
+        def callback(self, *args: Any, **kwargs: Any) -> Any:
+            register = super().callback(*args, **kwargs)
+            return lambda func: register(_evaluated(func))
+
+
+app = _Typer(
     name="otel-sparse",
     help="Run, inspect and replay otel_sparse runs (micro_metrics.jsonl, metrics.jsonl, run.json).",
     no_args_is_help=True,
@@ -161,7 +192,7 @@ def demo(
     sink: Annotated[int, typer.Option(help="Sink tokens always kept.")] = 4,
     window: Annotated[int, typer.Option(help="Local window always kept.")] = 8,
     run_dir: Annotated[
-        Path | None,
+        Optional[Path],
         typer.Option(help="The run folder. Default: $OTEL_SPARSE_RUN_DIR or "
                           "./otel_sparse_runs, then /<run id>."),
     ] = None,
@@ -171,7 +202,7 @@ def demo(
     device: Annotated[str, typer.Option(help="torch device: auto, cpu, cuda, cuda:1 ...")]
     = "auto",
     exporters: Annotated[
-        str | None,
+        Optional[str],
         typer.Option(help="Metric exporters, comma separated (jsonl, otlp_file, otlp, console). "
                           "Default: $OTEL_SPARSE_EXPORTERS, else jsonl."),
     ] = None,
@@ -275,7 +306,7 @@ def _manifest_header(data: RunData) -> Table:
     grid = Table.grid(padding=(0, 2))
     grid.add_column(style="bold")
     grid.add_column()
-    for run, (name, manifest) in zip(data.runs, data.manifests.items(), strict=True):
+    for run, (name, manifest) in zip_strict(data.runs, data.manifests.items()):
         grid.add_row("run", escape(name))
         grid.add_row("folder", escape(run.path))
         if not manifest:
@@ -322,7 +353,7 @@ def summary(
     runs: Annotated[list[Path], typer.Argument(
         help="Run folders, or a folder of runs (merged).", show_default=False)],
     by_head: Annotated[bool, typer.Option("--by-head", help="One row per head too.")] = False,
-    metric: Annotated[str | None, typer.Option("--metric", "-m", help="Only this metric.")]
+    metric: Annotated[Optional[str], typer.Option("--metric", "-m", help="Only this metric.")]
     = None,
     output_format: Annotated[OutputFormat, typer.Option(
         "--format", help="table (with the run header), or csv/json of the statistics only.")]
@@ -390,10 +421,10 @@ def heatmap(
     output: Annotated[Path, typer.Option("--output", "-o", help="Image file (.png, .svg, .pdf).",
                                          show_default=False)],
     stat: Annotated[Stat, typer.Option(help="The statistic per cell.")] = Stat.mean,
-    csv: Annotated[Path | None, typer.Option(
+    csv: Annotated[Optional[Path], typer.Option(
         help="Also write the layer x head values as CSV (rows: layers, columns: heads).")]
     = None,
-    size: Annotated[str | None, typer.Option(help="Figure size in inches, WIDTHxHEIGHT.")]
+    size: Annotated[Optional[str], typer.Option(help="Figure size in inches, WIDTHxHEIGHT.")]
     = None,
     dpi: Annotated[int, typer.Option(help="Pixels per inch.")] = 100,
 ) -> None:
@@ -465,17 +496,17 @@ def _format_event(data_file: DataFile, record: dict[str, Any]) -> str:
 
 @app.command()
 def tail(
-    run: Annotated[Path | None, typer.Argument(
+    run: Annotated[Optional[Path], typer.Argument(
         help="A run folder; a folder of runs follows its newest run. Default: the newest run "
              "under $OTEL_SPARSE_RUN_DIR or ./otel_sparse_runs.", show_default=False)] = None,
     once: Annotated[bool, typer.Option("--once", help="Print what is there and exit.")] = False,
-    lines: Annotated[int | None, typer.Option(
+    lines: Annotated[Optional[int], typer.Option(
         "--lines", "-n", help="Events already written to show first (default: 20; all with "
                               "--once).", show_default=False)] = None,
-    metric: Annotated[str | None, typer.Option("--metric", "-m", help="Only this metric.")]
+    metric: Annotated[Optional[str], typer.Option("--metric", "-m", help="Only this metric.")]
     = None,
     interval: Annotated[float, typer.Option(help="Seconds between polls.")] = 0.5,
-    duration: Annotated[float | None, typer.Option(
+    duration: Annotated[Optional[float], typer.Option(
         help="Stop following after this many seconds (default: until Ctrl-C).")] = None,
 ) -> None:
     """Follow a live run's event files (every rank), printing events as they are written."""
@@ -689,14 +720,14 @@ def replay(
     run: Annotated[Path, typer.Argument(
         help="A run folder (its otlp/metrics*.jsonl), a folder of runs, or an OTLP/JSON file.",
         show_default=False)],
-    endpoint: Annotated[str | None, typer.Option(
+    endpoint: Annotated[Optional[str], typer.Option(
         help="Collector URL, e.g. http://localhost:4318. Default: OTEL_EXPORTER_OTLP_"
              "[METRICS_]ENDPOINT, else localhost:4318 (http) / :4317 (grpc).",
         show_default=False)] = None,
-    protocol: Annotated[Protocol | None, typer.Option(
+    protocol: Annotated[Optional[Protocol], typer.Option(
         help="Default: OTEL_EXPORTER_OTLP_[METRICS_]PROTOCOL, else http/protobuf.",
         show_default=False)] = None,
-    header: Annotated[list[str] | None, typer.Option(
+    header: Annotated[Optional[list[str]], typer.Option(
         "--header", "-H", help="Extra header key=value (repeatable). Default: "
                                "OTEL_EXPORTER_OTLP_[METRICS_]HEADERS.", show_default=False)]
     = None,

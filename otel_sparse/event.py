@@ -3,7 +3,7 @@
 from dataclasses import dataclass
 from datetime import datetime
 from operator import attrgetter
-from typing import Any
+from typing import Any, Optional
 
 
 @dataclass
@@ -19,7 +19,7 @@ class LogEvent:
 
     timestamp: datetime
     metric: str
-    value: Any | None
+    value: Optional[Any]  # typing.Optional: a dataclass field's annotation must work on 3.9
     metadata: dict[str, Any]
     location: str
 

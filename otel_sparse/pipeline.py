@@ -35,6 +35,7 @@ from opentelemetry.sdk.metrics.export import (
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
+from otel_sparse._compat import zip_strict
 from otel_sparse._instruments import (
     AttributeKey,
     InstrumentKind,
@@ -485,7 +486,7 @@ class Pipeline:
         """Events one at a time: known lines from their cached parts, the rest in full."""
         add_line, add_state, add_number = out.lines.append, out.states.append, out.numbers.append
         nothing: list[Any] = [None] * len(events)
-        rows = zip(known or nothing, openings or nothing, values, strict=True)
+        rows = zip_strict(known or nothing, openings or nothing, values)
         for i, (parts, opening, value) in enumerate(rows):
             if parts is not None:
                 head, tail, state, floor = parts
@@ -521,7 +522,7 @@ class Pipeline:
             copies = HostValues([values[i] for i in array_at])
             while not copies.ready():
                 time.sleep(_POLL_S)
-            return (dict(zip(array_at, copies.arrays(), strict=True)),
+            return (dict(zip_strict(array_at, copies.arrays())),
                     {array_at[k]: why for k, why in copies.errors.items()})
         except Exception as exc:  # the copy failed as a whole: the other lines still go out
             return (dict.fromkeys(array_at),
@@ -552,8 +553,7 @@ class Pipeline:
         texts = encoded.split("},{")
         if len(texts) != len(events):
             return None  # "},{" inside a string or nested metadata: not one piece per dict
-        keys = zip(metrics, map(_LOCATION, events), texts, map(event_context, events),
-                   strict=True)
+        keys = zip_strict(metrics, map(_LOCATION, events), texts, map(event_context, events))
         return list(map(self._known.get, keys))
 
     def _write_event(

@@ -22,12 +22,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, TypeVar
+from typing import Any, Optional, TypeVar
 
 import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
+from otel_sparse._compat import zip_strict
 from otel_sparse.facade import MicroMetricLogger
 
 __all__ = [
@@ -48,10 +49,11 @@ _logger = logging.getLogger("otel_sparse")
 DENSITY = "research_attention_density"
 """The metric the default extractor produces: the share of attention entries kept."""
 
-Extractor = Callable[[nn.Module, tuple[Any, ...], Any], Mapping[str, torch.Tensor] | None]
+# Aliases are evaluated at import: typing.Optional keeps them valid on 3.9.
+Extractor = Callable[[nn.Module, tuple[Any, ...], Any], Optional[Mapping[str, torch.Tensor]]]
 """``extractor(module, inputs, output) -> {metric: per_head_tensor}``; run inside the hook."""
 
-LayerIndex = Callable[[str, nn.Module], int | None]
+LayerIndex = Callable[[str, nn.Module], Optional[int]]
 """``layer_index(name, module) -> layer`` (None: leave the module alone)."""
 
 _DESCRIPTIONS = {
@@ -240,7 +242,7 @@ class Handle:
         if values is None:
             return
         logger = self._logger if self._logger is not None else MicroMetricLogger()
-        for metric, value in zip(self.metrics, values, strict=True):
+        for metric, value in zip_strict(self.metrics, values):
             if value is not None:
                 logger.log(metric, value, hook.metadata, _location=hook.location)
 
