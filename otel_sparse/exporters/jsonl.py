@@ -27,6 +27,7 @@ from opentelemetry.sdk.metrics.export import (
 )
 
 from otel_sparse.exporters._files import AppendOnlyFile
+from otel_sparse.exporters.extras import LocalExporter
 
 _logger = logging.getLogger("otel_sparse")
 
@@ -129,7 +130,7 @@ def metrics_rows(
     return rows
 
 
-class JsonlMetricExporter(MetricExporter):
+class JsonlMetricExporter(MetricExporter, LocalExporter):
     """Write metric points to a local JSONL file, one flat row per data point.
 
     Example:
