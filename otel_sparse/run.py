@@ -21,9 +21,8 @@ from otel_sparse import config
 from otel_sparse._version import __version__
 from otel_sparse.config import Settings
 from otel_sparse.facade import MicroMetricLogger
+from otel_sparse.layout import MANIFEST_NAME
 from otel_sparse.resource import ProcessIdentity, start_new_generated_run_id
-
-MANIFEST_NAME = "run.json"
 
 
 def default_runs_dir() -> str:
