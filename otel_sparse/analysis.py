@@ -26,6 +26,16 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from otel_sparse.layout import (
+    EVENT_FILE_RE,
+    HEAD_KEYS,
+    LAYER_KEYS,
+    MANIFEST_NAME,
+    OTLP_DIR,
+    OTLP_FILE_RE,
+    POINT_FILE_RE,
+)
+
 if TYPE_CHECKING:
     import numpy as np
     import pandas as pd
@@ -35,10 +45,6 @@ if TYPE_CHECKING:
 
 _logger = logging.getLogger("otel_sparse.analysis")
 
-MANIFEST_NAME = "run.json"
-EVENT_FILE_RE = re.compile(r"^micro_metrics(?:\.rank(?P<rank>\d+)\.pid(?P<pid>\d+))?\.jsonl$")
-POINT_FILE_RE = re.compile(r"^metrics(?:\.rank(?P<rank>\d+)\.pid(?P<pid>\d+))?\.jsonl$")
-OTLP_DIR = "otlp"
 
 EVENT_COLUMNS = (
     "timestamp", "metric", "value", "layer", "head", "location", "rank", "pid", "file", "run",
@@ -56,8 +62,6 @@ POINT_COLUMNS = (
 
 _POINT_INTS = ("layer", "head", "count", "rank", "world_size", "local_rank", "pid")
 _POINT_FLOATS = ("sum", "min", "max", "value")
-_LAYER_KEYS = ("layer", "layer_idx")
-_HEAD_KEYS = ("head", "head_idx")
 
 STATS = ("count", "mean", "min", "max", "p50", "p95")
 """Statistics ``summarize`` computes, in column order."""
@@ -160,7 +164,7 @@ def scan_run(folder: str) -> RunFolder:
         manifest=read_manifest(folder),
         event_files=_data_files(folder, EVENT_FILE_RE),
         point_files=_data_files(folder, POINT_FILE_RE),
-        otlp_files=_data_files(os.path.join(folder, OTLP_DIR), POINT_FILE_RE),
+        otlp_files=_data_files(os.path.join(folder, OTLP_DIR), OTLP_FILE_RE),
     )
 
 
@@ -320,7 +324,7 @@ class _EventColumns:
         if not isinstance(metadata, dict):
             metadata = {}
         value = record.get("value")
-        layer = _first_key(metadata, _LAYER_KEYS)
+        layer = _first_key(metadata, LAYER_KEYS)
         if isinstance(value, list):
             if value and isinstance(value[0], list):  # [layers, heads]
                 n = 0
@@ -343,7 +347,7 @@ class _EventColumns:
             n = 1
             self.value.append(float(value))
             self.layer.append(layer)
-            self.head.append(_first_key(metadata, _HEAD_KEYS))
+            self.head.append(_first_key(metadata, HEAD_KEYS))
         else:
             self.non_numeric += 1  # strings, None: kept in the file, not a number to average
             return

@@ -530,7 +530,8 @@ def tail(
 
 
 def _known_metrics(folder: str) -> set[str]:
-    from otel_sparse.analysis import EVENT_FILE_RE, BadLines, _data_files, iter_json_lines
+    from otel_sparse.analysis import BadLines, _data_files, iter_json_lines
+    from otel_sparse.layout import EVENT_FILE_RE
 
     seen: set[str] = set()
     bad = BadLines()

@@ -20,9 +20,8 @@ from typing import Any
 from otel_sparse._version import __version__
 from otel_sparse.config import Settings, runs_dir
 from otel_sparse.facade import MicroMetricLogger
+from otel_sparse.layout import MANIFEST_NAME
 from otel_sparse.resource import ProcessIdentity, start_new_generated_run_id
-
-MANIFEST_NAME = "run.json"
 
 
 def default_runs_dir() -> str:

@@ -18,10 +18,11 @@ from opentelemetry.sdk.metrics.export import MetricExporter, MetricExportResult,
 
 from otel_sparse.exporters._files import AppendOnlyFile
 from otel_sparse.exporters.extras import LocalExporter
+from otel_sparse.layout import OTLP_FILE_NAME
 
 _logger = logging.getLogger("otel_sparse")
 
-OTLP_FILE_NAME = "otlp/metrics.jsonl"
+__all__ = ["OTLP_FILE_NAME", "OtlpJsonFileExporter", "otlp_json_line"]
 
 
 def otlp_json_line(metrics_data: MetricsData) -> bytes:
