@@ -45,7 +45,7 @@ class LogEvent:
 
     timestamp: datetime
     metric: str
-    value: Optional[Any]  # noqa: UP045  (evaluated: the contract types, on Python 3.9 too)
+    value: Optional[Any]  # evaluated at run time: the contract types, on 3.9 too
     metadata: dict[str, Any]
     location: str
 

@@ -34,7 +34,7 @@ class ExplainsFailure(Protocol):
     Read by the export worker for its one warning per outage; None when it has nothing to add.
     """
 
-    last_error: Optional[str]  # noqa: UP045  (runtime_checkable reads the class on 3.9)
+    last_error: Optional[str]
 
 
 def is_local(exporter: Any) -> bool:
