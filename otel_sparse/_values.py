@@ -15,7 +15,17 @@ from typing import Any
 
 import numpy as np
 
-from otel_sparse import _cuda
+from otel_sparse._cuda import (
+    READY,
+    GpuTime,
+    capturing,
+    ensure,
+    on_default_stream,
+    pinned_empty,
+    record_ready,
+    wait_ready,
+)
+from otel_sparse.layout import HEAD_KEYS, LAYER_KEYS
 
 
 class Refusal:
@@ -61,9 +71,9 @@ def _spans_metadata(dims: int, metadata: Any) -> Refusal | None:
     """The refusal for a [heads]/[layers, heads] value whose metadata names what it spans."""
     if not dims or type(metadata) is not dict or not metadata:
         return None
-    if "head" in metadata or "head_idx" in metadata:
+    if any(key in metadata for key in HEAD_KEYS):
         return HEADS_IN_METADATA if dims == 1 else LAYERS_IN_METADATA
-    if dims == 2 and ("layer" in metadata or "layer_idx" in metadata):
+    if dims == 2 and any(key in metadata for key in LAYER_KEYS):
         return LAYERS_IN_METADATA
     return None
 
@@ -94,6 +104,7 @@ def _torch_tensor(value: Any, metadata: Any) -> Any:
             return TOO_MANY_DIMS
         # the common case (layer only) answered inline: this runs on every tensor log(),
         # and what it costs beyond the clone is what a tensor log() costs beyond a scalar one
+        # (the keys spelt out are layout.HEAD_KEYS / LAYER_KEYS; test_layout checks they agree)
         if type(metadata) is dict and (
             "head_idx" in metadata or "head" in metadata
             or (dims == 2 and ("layer_idx" in metadata or "layer" in metadata))
@@ -117,12 +128,12 @@ def _cuda_clone(value: Any, index: int) -> Any:
     """
     if value.requires_grad:
         value = value.detach()
-    if _cuda.on_default_stream(index):
+    if on_default_stream(index):
         return value.clone()
-    if _cuda.capturing(index):
+    if capturing(index):
         return IN_GRAPH_CAPTURE
     clone = value.clone()
-    setattr(clone, _cuda.READY, _cuda.record_ready(index))
+    setattr(clone, READY, record_ready(index))
     return clone
 
 
@@ -133,9 +144,9 @@ def _gpu_time(value: Any, metadata: Any) -> Any:
 def _capture_for(tp: type) -> Capture:
     torch = sys.modules.get("torch")
     if torch is not None and issubclass(tp, torch.Tensor):
-        _cuda.ensure()
+        ensure()
         return _torch_tensor
-    if tp is _cuda.GpuTime:
+    if tp is GpuTime:
         return _gpu_time
     if issubclass(tp, np.ndarray):
         return _numpy_array
@@ -213,10 +224,10 @@ class HostValues:
         index = cuda_index(tensors[0])
         waits = None
         if index >= 0:
-            _cuda.ensure()
-            waits = [e for e in (getattr(t, _cuda.READY, None) for t in tensors) if e is not None]
+            ensure()
+            waits = [e for e in (getattr(t, READY, None) for t in tensors) if e is not None]
             if waits:  # logged on a side stream: this thread's stream waits for the clones
-                _cuda.wait_ready(index, waits)
+                wait_ready(index, waits)
         if tensors[0].layout != torch.strided:  # sparse COO/CSR/...: numpy wants them dense
             tensors = [t.to_dense() for t in tensors]
         if tensors[0].is_quantized:
@@ -228,9 +239,9 @@ class HostValues:
             # pinned + non_blocking + event: the copy never blocks, so nothing here
             # synchronises the GPU (set_sync_debug_mode("error") stays quiet). Every call
             # names the tensors' device (see _cuda.py).
-            host = _cuda.pinned_empty(stacked.shape, stacked.dtype)
+            host = pinned_empty(stacked.shape, stacked.dtype)
             host.copy_(stacked, non_blocking=True)
-            done = _cuda.record_ready(index)
+            done = record_ready(index)
             # side-stream clones stay alive until the copy is done (see _cuda.py)
             self._pending.append((indices, host, done, clones if waits else None))
         else:

@@ -146,7 +146,7 @@ def fake(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeCuda]:
     fake = FakeCuda()
     saved = (_cuda.api, _cuda._stream_key, dict(_cuda._default_ids))
     _cuda.install(fake)
-    monkeypatch.setattr(_cuda, "pinned_empty", lambda shape, dtype: torch.empty(shape, dtype=dtype))
+    monkeypatch.setattr(_values, "pinned_empty", lambda shape, dtype: torch.empty(shape, dtype=dtype))
     monkeypatch.setattr(_cuda, "_parsed", {})
     monkeypatch.setattr(_cuda, "_note_given", set())
     yield fake
@@ -522,7 +522,7 @@ class TestCudaTimer:
         timed = [e["value"] for e in _events(tmp_path)]
         reference = [a.elapsed_time(b) / 1000 for a, b in own]
         assert len(timed) == len(reference)
-        for got, ref in zip(timed, reference):  # noqa: B905 (py39: no strict=)
+        for got, ref in zip(timed, reference):
             assert ref <= got <= ref * 1.2 + 1e-4, (timed, reference)
         assert _histogram(tmp_path, TIMER)["count"] == 5
 
