@@ -49,11 +49,11 @@ from otel_sparse.config import Settings
 from otel_sparse.event import LogEvent, event_context
 from otel_sparse.exporters import build_exporter
 from otel_sparse.exporters.events import (
-    EVENT_FILE_NAME,
     EventEncoder,
     EventFileWriter,
     line_openings,
 )
+from otel_sparse.layout import EVENT_FILE_NAME, process_file_name
 from otel_sparse.resource import ProcessIdentity
 
 _logger = logging.getLogger("otel_sparse")
@@ -236,8 +236,9 @@ class Pipeline:
         self.identity = ProcessIdentity.current()
         self.resource: Resource = self.identity.resource()
         suffix = self.identity.file_suffix(is_fork_child)
-        base, ext = os.path.splitext(EVENT_FILE_NAME)
-        self.event_file = EventFileWriter(os.path.join(log_path, base + suffix + ext))
+        self.event_file = EventFileWriter(
+            os.path.join(log_path, process_file_name(EVENT_FILE_NAME, suffix))
+        )
         self.specs: dict[str, MetricSpec] = {}
         """Identifier -> spec for every metric ever enabled on this logger."""
         self._names: dict[str, str] = {}

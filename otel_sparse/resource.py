@@ -15,6 +15,7 @@ from opentelemetry.sdk.resources import OTELResourceDetector, Resource
 from opentelemetry.sdk.version import __version__ as _sdk_version
 
 from otel_sparse import config
+from otel_sparse.layout import rank_pid_suffix
 
 _generated_run_id: str | None = None
 _warned_none_run_id = False
@@ -123,4 +124,4 @@ class ProcessIdentity:
         """'' for rank 0 of a lone process; ``.rank<r>.pid<pid>`` for other ranks and forks."""
         if self.rank == 0 and not is_fork_child:
             return ""
-        return f".rank{self.rank}.pid{self.pid}"
+        return rank_pid_suffix(self.rank, self.pid)

@@ -24,9 +24,8 @@ from otel_sparse import config
 from otel_sparse._version import __version__
 from otel_sparse.config import Settings
 from otel_sparse.facade import MicroMetricLogger
+from otel_sparse.layout import MANIFEST_NAME
 from otel_sparse.resource import ProcessIdentity, start_new_generated_run_id
-
-MANIFEST_NAME = "run.json"
 
 FINISHED = "finished"
 """run.json ``status``: ``end_run()``, or a ``with start_run():`` block that ran to its end."""
@@ -36,7 +35,6 @@ SUPERSEDED = "superseded"
 """run.json ``status``: a new ``start_run()`` ended the run (it was never ended otherwise)."""
 _STATUS_RANK = {FINISHED: 0, SUPERSEDED: 1, FAILED: 2}
 """The run's status over its ranks is the worst of theirs."""
-
 
 def default_runs_dir() -> str:
     """``OTEL_SPARSE_RUN_DIR``, else ``./otel_sparse_runs``."""

@@ -27,23 +27,11 @@ from opentelemetry.sdk.metrics.export import (
 )
 
 from otel_sparse.exporters._files import AppendOnlyFile
+from otel_sparse.layout import METRICS_FILE_NAME, RESOURCE_COLUMNS
 
 _logger = logging.getLogger("otel_sparse")
 
-METRICS_FILE_NAME = "metrics.jsonl"
-
-# Resource attributes promoted to their own short columns; the rest keep their dotted name
-# with dots turned into underscores.
-_RESOURCE_COLUMNS = {
-    "run.id": "run_id",
-    "rank": "rank",
-    "world.size": "world_size",
-    "local.rank": "local_rank",
-    "host.name": "host_name",
-    "process.pid": "pid",
-    "service.name": "service_name",
-    "service.instance.id": "service_instance_id",
-}
+__all__ = ["METRICS_FILE_NAME", "JsonlMetricExporter", "metrics_rows"]
 
 _TEMPORALITY = {
     AggregationTemporality.CUMULATIVE: "cumulative",
@@ -60,7 +48,7 @@ def _resource_columns(attributes: Mapping[str, Any]) -> dict[str, Any]:
     for key, value in attributes.items():
         if key.startswith("telemetry.sdk."):
             continue
-        out[_RESOURCE_COLUMNS.get(key) or key.replace(".", "_")] = value
+        out[RESOURCE_COLUMNS.get(key) or key.replace(".", "_")] = value
     return out
 
 

@@ -17,10 +17,11 @@ from opentelemetry.exporter.otlp.proto.common.metrics_encoder import encode_metr
 from opentelemetry.sdk.metrics.export import MetricExporter, MetricExportResult, MetricsData
 
 from otel_sparse.exporters._files import AppendOnlyFile
+from otel_sparse.layout import OTLP_FILE_NAME
 
 _logger = logging.getLogger("otel_sparse")
 
-OTLP_FILE_NAME = "otlp/metrics.jsonl"
+__all__ = ["OTLP_FILE_NAME", "OtlpJsonFileExporter", "otlp_json_line"]
 
 
 def otlp_json_line(metrics_data: MetricsData) -> bytes:
