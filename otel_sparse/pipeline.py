@@ -53,6 +53,7 @@ from otel_sparse.exporters.events import (
     EventFileWriter,
     line_openings,
 )
+from otel_sparse.exporters.extras import is_local, last_error
 from otel_sparse.layout import EVENT_FILE_NAME, process_file_name
 from otel_sparse.resource import ProcessIdentity
 
@@ -72,9 +73,15 @@ _OWN_NAMESPACE = "otel_sparse"
 
 
 class QueueOwner(Protocol):
-    """What the writer needs from its logger: the events that waited too long."""
+    """What the writer needs from its logger (``MicroMetricLogger`` implements it)."""
 
-    def _take_stale_queue(self, max_age_s: float) -> deque[LogEvent] | None: ...
+    def take_stale_queue(self, max_age_s: float) -> deque[LogEvent] | None:
+        """The logger's queue if its oldest event waited ``max_age_s``, else None.
+
+        Called by the writer thread every tick. The owner may instead submit the queue to
+        this pipeline itself, under its own lock (and return None), so that batches reach
+        the writer in the order they were swapped out.
+        """
 
 
 @dataclass
@@ -120,7 +127,7 @@ class ExportWorker:
     ) -> None:
         self.name = name
         self.exporter = exporter
-        self.local = bool(getattr(exporter, "is_local", False))
+        self.local = is_local(exporter)
         self._timeout_s = timeout_s
         self._cumulative = cumulative
         self._drops = drops
@@ -176,7 +183,7 @@ class ExportWorker:
             result = self.exporter.export(data, timeout_millis=self._timeout_s * 1000)
             ok = result is MetricExportResult.SUCCESS
             # an exporter may say why (QuietOtlpExporter: the first suppressed library line)
-            error = getattr(self.exporter, "last_error", None) or "returned FAILURE"
+            error = last_error(self.exporter) or "returned FAILURE"
         except Exception as exc:
             ok, error = False, f"{type(exc).__name__}: {exc}"
         if ok:
@@ -364,7 +371,7 @@ class Pipeline:
             if owner is None:
                 return
             try:
-                stale = owner._take_stale_queue(self.settings.write_delay_s)
+                stale = owner.take_stale_queue(self.settings.write_delay_s)
                 del owner
                 with self._write_lock:
                     if stale:

@@ -27,6 +27,7 @@ from opentelemetry.sdk.metrics.export import (
 )
 
 from otel_sparse.exporters._files import AppendOnlyFile
+from otel_sparse.exporters.extras import LocalExporter
 from otel_sparse.layout import METRICS_FILE_NAME, RESOURCE_COLUMNS
 
 _logger = logging.getLogger("otel_sparse")
@@ -117,7 +118,7 @@ def metrics_rows(
     return rows
 
 
-class JsonlMetricExporter(MetricExporter):
+class JsonlMetricExporter(MetricExporter, LocalExporter):
     """Write metric points to a local JSONL file, one flat row per data point.
 
     Example:
