@@ -26,6 +26,8 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from otel_sparse._instruments import EXPONENTIAL_COLUMNS
+
 if TYPE_CHECKING:
     import numpy as np
     import pandas as pd
@@ -50,11 +52,13 @@ POINT_COLUMNS = (
     "time", "start_time", "temporality", "metric", "type", "unit", "layer", "head", "count",
     "sum", "min", "max", "bucket_bounds", "bucket_counts", "value", "attributes", "run_id",
     "rank", "world_size", "local_rank", "host_name", "pid", "service_name",
-    "service_instance_id", "file", "run",
+    "service_instance_id", "file", "run", *EXPONENTIAL_COLUMNS,
 )
-"""Columns of ``RunData.points``, in order (extra resource attributes follow)."""
+"""Columns of ``RunData.points``, in order (extra resource attributes follow). The
+exponential-histogram columns are empty on every other row."""
 
-_POINT_INTS = ("layer", "head", "count", "rank", "world_size", "local_rank", "pid")
+_POINT_INTS = ("layer", "head", "count", "rank", "world_size", "local_rank", "pid", "scale",
+               "zero_count", "positive_offset", "negative_offset")
 _POINT_FLOATS = ("sum", "min", "max", "value")
 _LAYER_KEYS = ("layer", "layer_idx")
 _HEAD_KEYS = ("head", "head_idx")

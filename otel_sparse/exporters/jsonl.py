@@ -16,6 +16,8 @@ from typing import Any
 import orjson
 from opentelemetry.sdk.metrics.export import (
     AggregationTemporality,
+    ExponentialHistogram,
+    ExponentialHistogramDataPoint,
     Gauge,
     Histogram,
     HistogramDataPoint,
@@ -26,6 +28,7 @@ from opentelemetry.sdk.metrics.export import (
     Sum,
 )
 
+from otel_sparse._exponential import flat_buckets
 from otel_sparse.exporters._files import AppendOnlyFile
 
 _logger = logging.getLogger("otel_sparse")
@@ -44,6 +47,8 @@ _RESOURCE_COLUMNS = {
     "service.name": "service_name",
     "service.instance.id": "service_instance_id",
 }
+
+_warned_types: set[str] = set()
 
 _TEMPORALITY = {
     AggregationTemporality.CUMULATIVE: "cumulative",
@@ -76,13 +81,14 @@ def metrics_rows(
             for metric in sm.metrics:
                 data = metric.data
                 kind: str
-                if isinstance(data, Histogram):
+                if isinstance(data, (Histogram, ExponentialHistogram)):
                     kind = "histogram"
                 elif isinstance(data, Sum):
                     kind = "counter" if data.is_monotonic else "up_down_counter"
                 elif isinstance(data, Gauge):
                     kind = "gauge"
                 else:
+                    _warn_unknown(metric.name, data)  # type: ignore[unreachable]
                     continue
                 temporality = (
                     "none" if isinstance(data, Gauge)
@@ -90,7 +96,7 @@ def metrics_rows(
                 )
                 for point in data.data_points:
                     attrs = dict(point.attributes or {})
-                    if isinstance(point, HistogramDataPoint):
+                    if isinstance(point, (HistogramDataPoint, ExponentialHistogramDataPoint)):
                         state: tuple[Any, ...] = (point.count, point.sum)
                     else:
                         assert isinstance(point, NumberDataPoint)
@@ -120,6 +126,24 @@ def metrics_rows(
                             bucket_counts=list(point.bucket_counts),
                             value=None,
                         )
+                    elif isinstance(point, ExponentialHistogramDataPoint):
+                        bounds, counts = flat_buckets(point.scale, point.zero_count,
+                                                      point.positive, point.negative)
+                        row.update(
+                            count=point.count,
+                            sum=point.sum,
+                            min=point.min,
+                            max=point.max,
+                            bucket_bounds=bounds,
+                            bucket_counts=counts,
+                            value=None,
+                            scale=point.scale,
+                            zero_count=point.zero_count,
+                            positive_offset=point.positive.offset,
+                            positive_counts=list(point.positive.bucket_counts),
+                            negative_offset=point.negative.offset,
+                            negative_counts=list(point.negative.bucket_counts),
+                        )
                     else:
                         row.update(count=None, sum=None, min=None, max=None,
                                    bucket_bounds=None, bucket_counts=None, value=point.value)
@@ -127,6 +151,14 @@ def metrics_rows(
                     row.update(resource)
                     rows.append(row)
     return rows
+
+
+def _warn_unknown(name: str, data: Any) -> None:
+    kind = type(data).__name__
+    if kind not in _warned_types:
+        _warned_types.add(kind)
+        _logger.warning("otel_sparse: metrics.jsonl has no rows for %s points (metric %s); "
+                        "they reach the other exporters only", kind, name)
 
 
 class JsonlMetricExporter(MetricExporter):
