@@ -123,7 +123,7 @@ class ExponentialHistogramState:
             shift = MAX_SCALE - self.scale
             self._fit(int(at_max.min()) >> shift, int(at_max.max()) >> shift, buckets)
             index, counts = np.unique(at_max >> (MAX_SCALE - self.scale), return_counts=True)
-            for i, n in zip(index.tolist(), counts.tolist()):  # noqa: B905 (3.9: no strict=)
+            for i, n in zip(index.tolist(), counts.tolist()):
                 buckets[i] = buckets.get(i, 0) + n
 
     def _fit(self, lo: int, hi: int, buckets: dict[int, int]) -> None:

@@ -11,6 +11,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from otel_sparse.layout import ATTRIBUTE_ALIASES
+
 # Fine-grained over [0, 1], where densities and most relative errors live, with a few bounds
 # beyond 1 because an attention-output error can exceed it. 26 bounds -> 27 buckets.
 DEFAULT_FLOAT_BOUNDARIES: tuple[float, ...] = (
@@ -34,13 +36,6 @@ DEFAULT_TIMER_BOUNDARIES: tuple[float, ...] = (
 )
 """Default bounds, in seconds, for timers."""
 
-# Metadata keys researchers already use, mapped to the attribute every dashboard groups by.
-ATTRIBUTE_ALIASES: Mapping[str, str] = {
-    "layer": "layer",
-    "layer_idx": "layer",
-    "head": "head",
-    "head_idx": "head",
-}
 
 OVERFLOW_ATTRIBUTES: Mapping[str, str | bool | int | float] = {"otel.metric.overflow": "true"}
 """Where points go once a metric has ``max_series`` attribute sets (the OTel convention)."""
@@ -51,15 +46,6 @@ _INVALID_NAME_CHARS = re.compile(r"[^A-Za-z0-9_./-]")
 
 HISTOGRAM_KINDS = ("explicit", "exponential")
 """How a histogram buckets its values: fixed bounds, or OTel base-2 exponential buckets."""
-
-
-EXPONENTIAL_COLUMNS = (
-    "scale", "zero_count", "positive_offset", "positive_counts", "negative_offset",
-    "negative_counts",
-)
-"""metrics.jsonl columns with the raw OTel exponential-histogram fields, on exponential
-histogram rows only (their derived ``bucket_bounds``/``bucket_counts`` have the same shape as
-an explicit histogram's)."""
 
 
 class InstrumentKind(str, enum.Enum):

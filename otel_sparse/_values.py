@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from otel_sparse.layout import HEAD_KEYS, LAYER_KEYS
+
 
 class Refusal:
     """Returned by ``capture`` for a value that must not be queued, with the reason."""
@@ -59,9 +61,9 @@ def _spans_metadata(dims: int, metadata: Any) -> Refusal | None:
     """The refusal for a [heads]/[layers, heads] value whose metadata names what it spans."""
     if not dims or type(metadata) is not dict or not metadata:
         return None
-    if "head" in metadata or "head_idx" in metadata:
+    if any(key in metadata for key in HEAD_KEYS):
         return HEADS_IN_METADATA if dims == 1 else LAYERS_IN_METADATA
-    if dims == 2 and ("layer" in metadata or "layer_idx" in metadata):
+    if dims == 2 and any(key in metadata for key in LAYER_KEYS):
         return LAYERS_IN_METADATA
     return None
 
@@ -92,6 +94,7 @@ def _torch_tensor(value: Any, metadata: Any) -> Any:
             return TOO_MANY_DIMS
         # the common case (layer only) answered inline: this runs on every tensor log(),
         # and what it costs beyond the clone is what a tensor log() costs beyond a scalar one
+        # (the keys spelt out are layout.HEAD_KEYS / LAYER_KEYS; test_layout checks they agree)
         if type(metadata) is dict and (
             "head_idx" in metadata or "head" in metadata
             or (dims == 2 and ("layer_idx" in metadata or "layer" in metadata))

@@ -31,6 +31,8 @@ TORCHELASTIC_RUN_ID = "TORCHELASTIC_RUN_ID"
 OTEL_SPARSE_RUN_DIR = "OTEL_SPARSE_RUN_DIR"
 """Parent folder of run folders for the new API and the CLI. Default ``./otel_sparse_runs``."""
 
+DEFAULT_RUNS_DIR = "otel_sparse_runs"
+
 OTEL_SPARSE_EXPORTERS = "OTEL_SPARSE_EXPORTERS"
 """Comma-separated metric exporters: ``jsonl``, ``otlp``, ``otlp_file``, ``console``, ``none``.
 
@@ -203,6 +205,12 @@ def sigterm_handler_enabled(environ: Mapping[str, str] | None = None) -> bool:
     env = os.environ if environ is None else environ
     raw = env.get(OTEL_SPARSE_SIGTERM_HANDLER, "").strip().lower()
     return raw not in ("false", "0", "no", "off")
+
+
+def runs_dir(environ: Mapping[str, str] | None = None) -> str:
+    """Parent folder of run folders: ``OTEL_SPARSE_RUN_DIR``, else ``otel_sparse_runs``."""
+    env = os.environ if environ is None else environ
+    return env.get(OTEL_SPARSE_RUN_DIR, "").strip() or DEFAULT_RUNS_DIR
 
 
 def parse_exporters(raw: str) -> tuple[str, ...]:

@@ -348,7 +348,8 @@ def summary_rows(result: DemoResult) -> list[dict[str, Any]]:
 
 def histogram_counts(run_dir: str) -> dict[str, int]:
     """Metric -> values counted by the OTel histograms of ``metrics*.jsonl`` (every rank)."""
-    from otel_sparse.analysis import POINT_FILE_RE, BadLines, iter_json_lines
+    from otel_sparse.analysis import BadLines, iter_json_lines
+    from otel_sparse.layout import POINT_FILE_RE
 
     last: dict[tuple[Any, ...], int] = {}
     bad = BadLines()

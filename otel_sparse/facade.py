@@ -8,27 +8,32 @@ OTel data model, exporters) happens there.
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import itertools
 import logging
-import multiprocessing.util
 import numbers
 import os
 import random
-import signal
 import sys
 import threading
 import time
-import weakref
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from datetime import datetime
 from types import CodeType, FrameType
-from typing import Any, ClassVar, NamedTuple
+from typing import Any, ClassVar
 
 from opentelemetry.sdk.metrics.export import MetricExporter
 
+from otel_sparse._arguments import (
+    ExporterChoice,
+    check_interval,
+    check_max_records,
+    clamp_sampling,
+    describe,
+    hashable,
+    stable_order,
+)
 from otel_sparse._instruments import (
     DEFAULT_TIMER_BOUNDARIES,
     InstrumentKind,
@@ -36,8 +41,9 @@ from otel_sparse._instruments import (
     make_spec,
 )
 from otel_sparse._values import Refusal, capture, captures_by_type
-from otel_sparse.config import Settings, parse_exporters, sigterm_handler_enabled
-from otel_sparse.event import LogEvent
+from otel_sparse.config import Settings
+from otel_sparse.event import EventContext, LogEvent
+from otel_sparse.lifecycle import close_quietly, install_sigterm_handler, register
 from otel_sparse.pipeline import DropCounter, Pipeline
 
 _logger = logging.getLogger("otel_sparse")
@@ -51,7 +57,6 @@ drop the oldest. ``flush_every`` above ``QUEUE_MAXLEN - 256`` hands over at that
 
 _now = datetime.now
 _getframe = sys._getframe
-_live_loggers: weakref.WeakSet[MicroMetricLogger] = weakref.WeakSet()
 
 
 def _new_queue() -> deque[LogEvent]:
@@ -127,7 +132,7 @@ class MicroMetricLogger(metaclass=_SingletonMeta):
                 )
             return
         try:
-            max_records = _check_max_records(max_records)
+            max_records = check_max_records(max_records)
         except (TypeError, ValueError):
             if not getattr(self, "_ready", False):
                 type(self)._instance = None  # leave no half-built singleton behind
@@ -143,20 +148,20 @@ class MicroMetricLogger(metaclass=_SingletonMeta):
         self._locations: dict[CodeType, str] = {}
         self._context: EventContext | None = None
         self._pipeline: Pipeline | None = None
-        self._exporters = _ExporterChoice.parse(exporters)
+        self._exporters = ExporterChoice.parse(exporters)
         self._seq = itertools.count()
         self._capped_now = False
         self._is_fork_child = False
         self.flush_every = flush_every
-        self.flush_interval = _check_interval(flush_interval)
+        self.flush_interval = check_interval(flush_interval)
         self.log_queue: deque[LogEvent] = _new_queue()
         self.enabled_metrics = set()
         self.last_flush_time = time.time()
         self.max_records = max_records
-        self.sampling_factor = _clamp_sampling(sampling_factor)
+        self.sampling_factor = clamp_sampling(sampling_factor)
         self._log_path: str | None = None
         self._ready = True
-        _live_loggers.add(self)
+        register(self)
         if log_path is not None:
             self.log_path = log_path
             self.enable_metrics(enabled_metrics)
@@ -195,7 +200,7 @@ class MicroMetricLogger(metaclass=_SingletonMeta):
             ValueError: options that cannot describe an instrument (at registration, never
                 later inside ``log()``).
         """
-        if not _hashable(identifier):
+        if not hashable(identifier):
             raise TypeError(
                 f"metric identifiers must be strings, got unhashable {type(identifier).__name__}"
             )
@@ -247,7 +252,7 @@ class MicroMetricLogger(metaclass=_SingletonMeta):
             try:
                 wanted = set(metrics)
             except TypeError:
-                wanted = {m for m in metrics if _hashable(m)}
+                wanted = {m for m in metrics if hashable(m)}
                 _logger.warning("otel_sparse: enable_metrics ignored unhashable entries")
             invalid = wanted - set(registered)
             if invalid:
@@ -257,7 +262,7 @@ class MicroMetricLogger(metaclass=_SingletonMeta):
             if metrics is not None:  # the old API enables nothing here; say so, once a call
                 _logger.warning(
                     "otel_sparse: enable_metrics expects 'all', a list or a set of identifiers, "
-                    "got %s; no metric is enabled", _describe(metrics),
+                    "got %s; no metric is enabled", describe(metrics),
                 )
             self.enabled_metrics = set()
 
@@ -273,7 +278,7 @@ class MicroMetricLogger(metaclass=_SingletonMeta):
         pipeline = getattr(self, "_pipeline", None)
         if pipeline is None:
             return
-        for identifier in _stable_order(self._enabled):
+        for identifier in stable_order(self._enabled):
             spec = self._spec_for(identifier)
             if spec is not None:
                 pipeline.enable(spec)
@@ -321,7 +326,7 @@ class MicroMetricLogger(metaclass=_SingletonMeta):
                     location = self._locate(frame)
             event = LogEvent(_now(), identifier, value, metadata or {}, location)
             if self._context is not None:
-                event.context = self._context  # type: ignore[attr-defined]  # see event.py
+                event.context = self._context  # not a field: see event.py
             taken = next(self._seq)
             if limit is not None and taken >= limit:
                 self._capped_now = True  # this call (or another thread) took the last slot
@@ -379,7 +384,7 @@ class MicroMetricLogger(metaclass=_SingletonMeta):
         else:
             key = ("disabled", identifier)
             message = f"Warning: Attempting to log metric '{identifier}' which is not enabled"
-        if not _hashable(identifier):
+        if not hashable(identifier):
             key = (key[0], repr(identifier))
         if key not in self._warned:  # once per id per logger: the old code printed every call
             self._warned.add(key)
@@ -388,7 +393,7 @@ class MicroMetricLogger(metaclass=_SingletonMeta):
     def _internal_error(self, identifier: Any, exc: Exception) -> None:
         """Count what made ``log()`` fail. Never raises, whatever the identifier or error."""
         try:
-            if not _hashable(identifier):  # cannot be registered, so never enabled: step 2
+            if not hashable(identifier):  # cannot be registered, so never enabled: step 2
                 self._not_logged(identifier)
                 return
             reason, name = "internal_error", str(identifier)[:200]
@@ -425,7 +430,7 @@ class MicroMetricLogger(metaclass=_SingletonMeta):
             except Exception:
                 self._log_path = None
                 raise
-            _install_sigterm_handler()
+            install_sigterm_handler()
 
     def configure_logging(
         self,
@@ -443,9 +448,9 @@ class MicroMetricLogger(metaclass=_SingletonMeta):
         Raises:
             TypeError, ValueError: ``max_records`` that is neither None nor a number.
         """
-        max_records = _check_max_records(max_records)
+        max_records = check_max_records(max_records)
         if exporters is not None:
-            wanted = _ExporterChoice.parse(exporters)
+            wanted = ExporterChoice.parse(exporters)
             if wanted != self._exporters and self._pipeline is not None:
                 with self._lock:
                     pipeline, self._pipeline = self._pipeline, None
@@ -456,7 +461,7 @@ class MicroMetricLogger(metaclass=_SingletonMeta):
         self.enable_metrics(enabled_metrics)
         with self._lock:
             self.max_records = max_records
-            self.sampling_factor = _clamp_sampling(sampling_factor)
+            self.sampling_factor = clamp_sampling(sampling_factor)
             self._seq = itertools.count()
             self._capped_now = False
 
@@ -575,8 +580,12 @@ class MicroMetricLogger(metaclass=_SingletonMeta):
             pipeline.close()
 
     def __del__(self) -> None:
-        with contextlib.suppress(Exception):  # never raise from a finaliser (interpreter exit)
-            self.close()
+        close_quietly(self)  # garbage collection flushes, as the old API promised
+
+    def close_timeout_s(self) -> float | None:
+        """Seconds ``close()`` may spend exporting (lifecycle protocol); None without a writer."""
+        pipeline = self._pipeline
+        return pipeline.settings.shutdown_timeout_s if pipeline is not None else None
 
     def _pipeline_or_start(self) -> Pipeline:
         pipeline = self._pipeline
@@ -591,8 +600,9 @@ class MicroMetricLogger(metaclass=_SingletonMeta):
             self._sync_specs()
         return pipeline
 
-    def _take_stale_queue(self, max_age_s: float) -> deque[LogEvent] | None:
-        """Called by the writer: the queue, if its oldest event waited ``max_age_s``.
+    def take_stale_queue(self, max_age_s: float) -> deque[LogEvent] | None:
+        """Called by the writer (``QueueOwner``): the queue, if its oldest event waited
+        ``max_age_s`` (or ``flush_interval``, whichever is shorter).
 
         Submitted here, under the lock (then None is returned), when a pipeline exists: a
         batch swapped out here and submitted later could reach the writer after a newer one.
@@ -609,8 +619,9 @@ class MicroMetricLogger(metaclass=_SingletonMeta):
                 return None
             return queue
 
-    def _after_fork_in_child(self) -> None:
-        """A forked child (DataLoader worker) starts clean: the parent writes its own events."""
+    def after_fork_in_child(self) -> None:
+        """Lifecycle protocol: a forked child (DataLoader worker) starts clean; the parent
+        writes its own events."""
         self._lock = threading.Lock()
         self._rng = random.Random()
         self._drops = DropCounter()
@@ -619,20 +630,6 @@ class MicroMetricLogger(metaclass=_SingletonMeta):
         self._pipeline = None  # its threads did not survive the fork; the parent owns its data
         if self._log_path is not None:
             self._pipeline_or_start()
-
-
-class EventContext:
-    """An immutable snapshot of context values, shared by every event logged under it."""
-
-    __slots__ = ("key", "values")
-
-    def __init__(self, values: dict[str, Any]) -> None:
-        self.values = values
-        try:
-            self.key: Any = tuple(sorted(values.items()))
-            hash(self.key)
-        except TypeError:
-            self.key = None  # unhashable values: encoded per event, never cached
 
 
 class ContextScope:
@@ -690,173 +687,3 @@ class _NullTimer:
 
 
 _NULL_TIMER = _NullTimer()
-
-
-class _ExporterChoice(NamedTuple):
-    """Exporters chosen in code: names resolved by the pipeline, plus ready instances."""
-
-    names: tuple[str, ...]
-    instances: tuple[MetricExporter, ...]
-
-    @classmethod
-    def parse(cls, exporters: Sequence[str | MetricExporter] | None) -> _ExporterChoice | None:
-        """Validate at configuration time; raises ValueError for unknown names."""
-        if exporters is None:
-            return None
-        if isinstance(exporters, (str, MetricExporter)):
-            exporters = [exporters]
-        names = [e for e in exporters if isinstance(e, str)]
-        instances = tuple(e for e in exporters if isinstance(e, MetricExporter))
-        odd = [e for e in exporters if not isinstance(e, (str, MetricExporter))]
-        if odd:
-            raise TypeError(f"exporters must be names or MetricExporter instances, got {odd!r}")
-        return cls(parse_exporters(",".join(names)) if names else (), instances)
-
-
-def _clamp_sampling(value: float) -> float:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        _logger.warning("otel_sparse: sampling_factor=%r is not a number; using 1.0", value)
-        return 1.0
-    if number != number:
-        _logger.warning("otel_sparse: sampling_factor is NaN; using 1.0")
-        return 1.0
-    return max(0.0, min(1.0, number))
-
-
-def _check_max_records(value: Any) -> Any:
-    """``max_records`` as given if it is None or a number; raises (at configuration) if not."""
-    if value is None:
-        return None
-    if not isinstance(value, numbers.Real):
-        raise TypeError(f"max_records must be None or a number of events, got {value!r}")
-    if value != value:
-        raise ValueError("max_records must be None or a number of events, got NaN")
-    if value < 0:
-        _logger.warning("otel_sparse: max_records=%r is negative: no event will be recorded",
-                        value)
-    return value
-
-
-def _check_interval(value: Any) -> Any:
-    """``flush_interval`` as given if it is a number; else a warning and the default, 60.0."""
-    if isinstance(value, numbers.Real) and value == value:
-        return value
-    _logger.warning("otel_sparse: flush_interval=%r is not a number; using 60.0", value)
-    return 60.0
-
-
-def _describe(value: Any) -> str:
-    """A short description of a value for a warning; never raises."""
-    try:
-        text = repr(value)
-    except Exception:
-        text = "?"
-    text = text if len(text) <= 80 else text[:77] + "..."
-    return f"{type(value).__name__} {text}"
-
-
-def _stable_order(identifiers: Iterable[Any]) -> list[Any]:
-    """Identifiers sorted by repr (set order differs between processes), as given if not."""
-    try:
-        return sorted(identifiers, key=repr)
-    except Exception:
-        return list(identifiers)
-
-
-def _hashable(value: Any) -> bool:
-    try:
-        hash(value)
-    except TypeError:
-        return False
-    return True
-
-
-def live_loggers() -> Iterable[MicroMetricLogger]:
-    """Every logger not yet garbage collected."""
-    return list(_live_loggers)
-
-
-def _close_all() -> None:
-    for logger in live_loggers():
-        try:
-            logger.close()
-        except Exception:
-            _logger.exception("otel_sparse: final flush failed")
-
-
-_previous_sigterm: Any = None
-_SIGNAL_CLOSE_SLACK_S = 10.0
-"""Seconds a SIGTERM close may take beyond the shutdown timeout (writing queued events)."""
-
-
-def _install_sigterm_handler() -> None:
-    """Put ``_on_sigterm`` in front of the SIGTERM handler: main thread only, once, if allowed.
-
-    Only over ``SIG_DFL`` or a Python callable: ``SIG_IGN`` and handlers installed outside
-    Python stay as they are.
-    """
-    global _previous_sigterm
-    if threading.current_thread() is not threading.main_thread():
-        return
-    try:
-        current = signal.getsignal(signal.SIGTERM)
-        if current is _on_sigterm or not sigterm_handler_enabled():
-            return
-        if current is not signal.SIG_DFL and not callable(current):
-            return
-        signal.signal(signal.SIGTERM, _on_sigterm)
-    except (ValueError, OSError, AttributeError):  # no SIGTERM here, or not allowed
-        return
-    _previous_sigterm = current
-
-
-def _on_sigterm(signum: int, frame: FrameType | None) -> None:
-    """Close every logger (bounded), then do what the previous handler would have done."""
-    try:
-        _close_all_for_signal()
-    except Exception:
-        _logger.exception("otel_sparse: final flush on SIGTERM failed")
-    previous = _previous_sigterm
-    if callable(previous):
-        previous(signum, frame)
-        return
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # die of SIGTERM, as without us
-    os.kill(os.getpid(), signal.SIGTERM)
-
-
-def _close_all_for_signal() -> None:
-    # The handler runs on the main thread between two bytecodes, possibly inside one of our
-    # locked sections: closing there could wait on itself. A helper thread closes instead,
-    # and the wait for it is bounded.
-    pipelines = [lg._pipeline for lg in live_loggers() if lg._pipeline is not None]
-    limit = max((p.settings.shutdown_timeout_s for p in pipelines), default=3.0)
-    closer = threading.Thread(target=_close_all, name="otel-sparse-sigterm", daemon=True)
-    closer.start()
-    closer.join(limit + _SIGNAL_CLOSE_SLACK_S)
-    if closer.is_alive():
-        _logger.warning("otel_sparse: SIGTERM: the final flush did not finish in time; "
-                        "events of the last moments may be missing")
-
-
-def _after_fork_in_child() -> None:
-    for logger in live_loggers():
-        logger._after_fork_in_child()
-
-
-def _register_child_exit_flush(_: object) -> None:
-    # Runs in a multiprocessing child after it cleared the parent's finalisers. Such children
-    # leave through os._exit, skipping atexit, but run their finalisers first.
-    multiprocessing.util.Finalize(None, _close_all, exitpriority=100)
-
-
-class _ForkHook:
-    """Held for the module's lifetime: multiprocessing keeps after-fork hooks weakly."""
-
-
-_FORK_HOOK = _ForkHook()
-atexit.register(_close_all)
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
-multiprocessing.util.register_after_fork(_FORK_HOOK, _register_child_exit_flush)

@@ -17,18 +17,16 @@ from datetime import datetime, timezone
 from importlib import metadata as importlib_metadata
 from typing import Any
 
-from otel_sparse import config
 from otel_sparse._version import __version__
-from otel_sparse.config import Settings
+from otel_sparse.config import Settings, runs_dir
 from otel_sparse.facade import MicroMetricLogger
+from otel_sparse.layout import MANIFEST_NAME
 from otel_sparse.resource import ProcessIdentity, start_new_generated_run_id
-
-MANIFEST_NAME = "run.json"
 
 
 def default_runs_dir() -> str:
-    """``OTEL_SPARSE_RUN_DIR``, else ``./otel_sparse_runs``."""
-    return os.environ.get(config.OTEL_SPARSE_RUN_DIR, "").strip() or "otel_sparse_runs"
+    """``OTEL_SPARSE_RUN_DIR``, else ``./otel_sparse_runs`` (``config.runs_dir``)."""
+    return runs_dir()
 
 
 def _versions() -> dict[str, str]:

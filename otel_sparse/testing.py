@@ -25,10 +25,12 @@ from opentelemetry.sdk.metrics.export import (
     NumberDataPoint,
 )
 
+from otel_sparse.exporters.extras import LocalExporter
+
 __all__ = ["InMemoryMetricExporter"]
 
 
-class InMemoryMetricExporter(MetricExporter):
+class InMemoryMetricExporter(MetricExporter, LocalExporter):
     """Keeps every exported MetricsData; ``flush()`` on the logger exports to it at once."""
 
     is_local = True

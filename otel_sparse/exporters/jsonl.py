@@ -30,23 +30,12 @@ from opentelemetry.sdk.metrics.export import (
 
 from otel_sparse._exponential import flat_buckets
 from otel_sparse.exporters._files import AppendOnlyFile
+from otel_sparse.exporters.extras import LocalExporter
+from otel_sparse.layout import EXPONENTIAL_COLUMNS, METRICS_FILE_NAME, RESOURCE_COLUMNS
 
 _logger = logging.getLogger("otel_sparse")
 
-METRICS_FILE_NAME = "metrics.jsonl"
-
-# Resource attributes promoted to their own short columns; the rest keep their dotted name
-# with dots turned into underscores.
-_RESOURCE_COLUMNS = {
-    "run.id": "run_id",
-    "rank": "rank",
-    "world.size": "world_size",
-    "local.rank": "local_rank",
-    "host.name": "host_name",
-    "process.pid": "pid",
-    "service.name": "service_name",
-    "service.instance.id": "service_instance_id",
-}
+__all__ = ["METRICS_FILE_NAME", "JsonlMetricExporter", "metrics_rows"]
 
 _warned_types: set[str] = set()
 
@@ -65,7 +54,7 @@ def _resource_columns(attributes: Mapping[str, Any]) -> dict[str, Any]:
     for key, value in attributes.items():
         if key.startswith("telemetry.sdk."):
             continue
-        out[_RESOURCE_COLUMNS.get(key) or key.replace(".", "_")] = value
+        out[RESOURCE_COLUMNS.get(key) or key.replace(".", "_")] = value
     return out
 
 
@@ -137,13 +126,12 @@ def metrics_rows(
                             bucket_bounds=bounds,
                             bucket_counts=counts,
                             value=None,
-                            scale=point.scale,
-                            zero_count=point.zero_count,
-                            positive_offset=point.positive.offset,
-                            positive_counts=list(point.positive.bucket_counts),
-                            negative_offset=point.negative.offset,
-                            negative_counts=list(point.negative.bucket_counts),
                         )
+                        row.update(zip(EXPONENTIAL_COLUMNS, (
+                            point.scale, point.zero_count,
+                            point.positive.offset, list(point.positive.bucket_counts),
+                            point.negative.offset, list(point.negative.bucket_counts),
+                        )))
                     else:
                         row.update(count=None, sum=None, min=None, max=None,
                                    bucket_bounds=None, bucket_counts=None, value=point.value)
@@ -161,7 +149,7 @@ def _warn_unknown(name: str, data: Any) -> None:
                         "they reach the other exporters only", kind, name)
 
 
-class JsonlMetricExporter(MetricExporter):
+class JsonlMetricExporter(MetricExporter, LocalExporter):
     """Write metric points to a local JSONL file, one flat row per data point.
 
     Example:
