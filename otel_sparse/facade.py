@@ -21,7 +21,7 @@ from collections import deque
 from collections.abc import Sequence
 from datetime import datetime
 from types import CodeType, FrameType
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 from opentelemetry.sdk.metrics.export import MetricExporter
 
@@ -63,6 +63,15 @@ def _new_queue() -> deque[LogEvent]:
     return deque(maxlen=QUEUE_MAXLEN)
 
 
+class OpenRun(Protocol):
+    """What ``start_run()`` (run.py) leaves on the logger: ends the run, once."""
+
+    def end(
+        self, exc_type: type[BaseException] | None = None, *, status: str | None = None
+    ) -> None:
+        """Flush and close the logger, then record in run.json how the run ended."""
+
+
 class _SingletonMeta(type):
     """Makes ``MicroMetricLogger()`` with no arguments one attribute check, not __new__+__init__.
 
@@ -92,6 +101,10 @@ class MicroMetricLogger(metaclass=_SingletonMeta):
     _registered_metrics: ClassVar[dict[str, type]] = {}
     _metric_specs: ClassVar[dict[str, MetricSpec]] = {}
     """Registration options beyond the dtype; consulted only while the dtype still matches."""
+    _run: OpenRun | None = None
+    """The run ``start_run()`` opened on this logger and nothing has ended yet."""
+    _all_enabled = False
+    """Whether the enabled set is ``"all"``: identifiers registered later are enabled too."""
 
     def __new__(cls, *args: Any, **kwargs: Any) -> MicroMetricLogger:
         if cls._instance is None:
@@ -130,6 +143,8 @@ class MicroMetricLogger(metaclass=_SingletonMeta):
                 print(
                     f"Warning: MicroMetricLogger already initialized with log_path: {self.log_path}"
                 )
+            elif self.log_path is None and log_path is not None:
+                self._note_ignored_path(log_path)
             return
         try:
             max_records = check_max_records(max_records)
@@ -210,7 +225,14 @@ class MicroMetricLogger(metaclass=_SingletonMeta):
             print(f"Warning: Metric '{identifier}' is being re-registered")
         cls._registered_metrics[identifier] = dtype
         cls._metric_specs[identifier] = spec
-        pipeline = cls._instance._pipeline if cls._instance is not None else None
+        instance = cls._instance
+        if instance is None or not getattr(instance, "_ready", False):
+            return
+        if instance._all_enabled and identifier not in instance._enabled:
+            # "all" means every identifier, registered before or after enable_metrics("all")
+            instance.enabled_metrics = instance._enabled | {identifier}
+            instance._all_enabled = True
+        pipeline = instance._pipeline
         if pipeline is not None and identifier in pipeline.specs:
             pipeline.enable(spec)
 
@@ -239,15 +261,20 @@ class MicroMetricLogger(metaclass=_SingletonMeta):
     @enabled_metrics.setter
     def enabled_metrics(self, metrics: set[str]) -> None:
         self._enabled = metrics
+        self._all_enabled = False  # a set chosen by hand stays as chosen
         # A bound C method: the disabled check costs an attribute load and a set lookup.
         self.is_metric_enabled = metrics.__contains__  # type: ignore[method-assign,assignment]
         self._sync_specs()
 
     def enable_metrics(self, metrics: list[str] | set[str] | str | None = None) -> None:
-        """Enable ``"all"`` registered metrics, or those of a list/set; None enables nothing."""
+        """Enable ``"all"`` metrics, or those of a list/set; None enables nothing.
+
+        ``"all"`` also enables identifiers registered later, until the next call.
+        """
         registered = self._registered_metrics
         if isinstance(metrics, str) and metrics == "all":
             self.enabled_metrics = set(registered)
+            self._all_enabled = True
         elif isinstance(metrics, (list, set)):
             try:
                 wanted = set(metrics)
@@ -257,6 +284,8 @@ class MicroMetricLogger(metaclass=_SingletonMeta):
             invalid = wanted - set(registered)
             if invalid:
                 print(f"Warning: Attempting to enable unregistered metrics: {invalid}")
+                for identifier in stable_order(invalid):
+                    self._hint_unregistered(identifier)
             self.enabled_metrics = wanted & set(registered)
         else:
             if metrics is not None:  # the old API enables nothing here; say so, once a call
@@ -389,6 +418,41 @@ class MicroMetricLogger(metaclass=_SingletonMeta):
         if key not in self._warned:  # once per id per logger: the old code printed every call
             self._warned.add(key)
             print(message)
+            if key[0] == "disabled":
+                self._hint_unregistered(identifier)
+
+    def _hint_unregistered(self, identifier: Any) -> None:
+        """Once per id: say through logging that it was never registered, with close matches.
+
+        The contract's stdout lines stay as they are; this is the extra, searchable hint.
+        """
+        registered = self._registered_metrics
+        if not isinstance(identifier, str) or identifier in registered:
+            return
+        key = ("unregistered", identifier)
+        if key in self._warned:
+            return
+        self._warned.add(key)
+        import difflib  # cold path: only for identifiers that were never registered
+
+        close = difflib.get_close_matches(identifier, [m for m in registered if isinstance(m, str)])
+        _logger.warning(
+            "otel_sparse: metric %r was never registered (call "
+            "MicroMetricLogger.register_metric(%r, float) first)%s", identifier, identifier,
+            f"; close matches: {', '.join(close)}" if close else "",
+        )
+
+    def _note_ignored_path(self, log_path: Any) -> None:
+        """Once: a later ``MicroMetricLogger(log_path=...)`` cannot configure the singleton."""
+        if ("ignored_path", None) in self._warned:
+            return
+        self._warned.add(("ignored_path", None))
+        _logger.warning(
+            "otel_sparse: MicroMetricLogger(log_path=%r) ignored: the singleton was already "
+            "created without a log_path (by an earlier MicroMetricLogger() call), and only the "
+            "first call applies its arguments; call MicroMetricLogger().configure_logging(%r, "
+            "enabled_metrics=...) or otel_sparse.start_run() instead", log_path, log_path,
+        )
 
     def _internal_error(self, identifier: Any, exc: Exception) -> None:
         """Count what made ``log()`` fail. Never raises, whatever the identifier or error."""
@@ -417,6 +481,8 @@ class MicroMetricLogger(metaclass=_SingletonMeta):
     def log_path(self, path: str | None) -> None:
         if path == self._log_path and (path is None or self._pipeline is not None):
             return
+        if self._log_path is not None and path != self._log_path:
+            self.flush()  # what was queued for the old path is written there, not in the new
         with self._lock:  # path and pipeline change together for threads handing off batches
             pipeline, self._pipeline = self._pipeline, None
             self._log_path = path
@@ -578,6 +644,23 @@ class MicroMetricLogger(metaclass=_SingletonMeta):
             pipeline, self._pipeline = self._pipeline, None
         if pipeline is not None:
             pipeline.close()
+
+    def __enter__(self) -> MicroMetricLogger:
+        """``with otel_sparse.start_run(...) as logger:`` (or ``with MicroMetricLogger(...)``)."""
+        self.__dict__.setdefault("_blocks", []).append(self._run)
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
+        """End the run this block opened, recording how it ended; without one, ``close()``.
+
+        A run another ``start_run()`` already superseded stays as it was ended.
+        """
+        blocks = self.__dict__.get("_blocks")
+        run = blocks.pop() if blocks else None
+        if run is None:
+            self.close()
+        else:
+            run.end(exc_type)
 
     def __del__(self) -> None:
         close_quietly(self)  # garbage collection flushes, as the old API promised
