@@ -196,6 +196,7 @@ class MicroMetricLogger(metaclass=_SingletonMeta):
         description: str = "",
         boundaries: Sequence[float] | None = None,
         attributes: Sequence[str] = (),
+        histogram: str | None = None,
     ) -> None:
         """Register an identifier and its dtype; keywords describe its OTel instrument.
 
@@ -207,6 +208,9 @@ class MicroMetricLogger(metaclass=_SingletonMeta):
             description: shown by backends next to the metric.
             boundaries: histogram bucket bounds (default: fine-grained over [0, 1]).
             attributes: metadata keys, beyond layer/head, that become attributes.
+            histogram: ``"explicit"`` or ``"exponential"`` buckets for a float histogram;
+                None follows ``OTEL_SPARSE_HISTOGRAM`` (default explicit). ``boundaries``
+                and int dtypes mean explicit.
 
         Raises:
             ValueError: options that cannot describe an instrument (at registration, never
@@ -217,7 +221,7 @@ class MicroMetricLogger(metaclass=_SingletonMeta):
                 f"metric identifiers must be strings, got unhashable {type(identifier).__name__}"
             )
         spec = make_spec(identifier, dtype, kind=kind, unit=unit, description=description,
-                         boundaries=boundaries, attributes=attributes)
+                         boundaries=boundaries, attributes=attributes, histogram=histogram)
         if identifier in cls._registered_metrics:
             print(f"Warning: Metric '{identifier}' is being re-registered")
         cls._registered_metrics[identifier] = dtype

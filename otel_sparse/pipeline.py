@@ -250,7 +250,8 @@ class Pipeline:
         self.specs: dict[str, MetricSpec] = {}
         """Identifier -> spec for every metric ever enabled on this logger."""
         self._names: dict[str, str] = {}
-        self.aggregator = Aggregator(settings.max_series, settings.temporality, time.time_ns())
+        self.aggregator = Aggregator(settings.max_series, settings.temporality, time.time_ns(),
+                                     settings.histogram, settings.histogram_max_buckets)
         self._pending: deque[deque[LogEvent]] = deque()
         self._pending_events = 0
         self._pending_lock = threading.Lock()
