@@ -254,7 +254,7 @@ def metric_over_steps(
     events = events[events[x].notna()]
     if key in (LAYER, HEAD):
         events = events[events[key].notna()]
-    prefix = "" if key in ("_run",) or key in params else f"{by} "
+    prefix = "" if key == "_run" else f"{by}=" if key in params else f"{by} "
     line = events[key].map(lambda v: f"{prefix}{v}")
     if per_run:
         line = events["_run"] + " " + line
