@@ -34,6 +34,7 @@ from otel_sparse._arguments import (
     hashable,
     stable_order,
 )
+from otel_sparse._cuda import CudaTimer, timer_device
 from otel_sparse._instruments import (
     DEFAULT_TIMER_BOUNDARIES,
     InstrumentKind,
@@ -598,12 +599,19 @@ class MicroMetricLogger(metaclass=_SingletonMeta):
             attributes=attributes,
         )
 
-    def timer(self, identifier: str, **metadata: Any) -> Timer | _NullTimer:
-        """Time a block into histogram ``identifier``, in seconds (``perf_counter``).
+    def timer(
+        self, identifier: str, *, device: Any = None, **metadata: Any
+    ) -> Timer | CudaTimer | _NullTimer:
+        """Time a block into histogram ``identifier``, in seconds.
 
-        ``with logger.timer("attention_time", layer=l):``. A disabled identifier costs one
-        set lookup; an enabled one two clock reads and one ``log()``. The time measured is
-        the host's: for GPU work, it covers launching kernels, not running them.
+        ``with logger.timer("attention_time", layer=l):`` times host time (``perf_counter``):
+        for GPU work, that covers launching kernels, not running them.
+        ``with logger.timer("attention_time", device="cuda", layer=l):`` times GPU time: two
+        CUDA timing events on the device's current stream, resolved by the background writer
+        once the GPU passed them (the caller never waits). ``device`` is "cuda", "cuda:N",
+        N or a torch.device; without CUDA it falls back to host time, with a one-time note.
+        A disabled identifier costs one set lookup; an enabled one two clock reads (or two
+        recorded events) and one ``log()``.
         """
         if identifier not in self._enabled or self._log_path is None:
             self._not_logged(identifier)
@@ -612,6 +620,10 @@ class MicroMetricLogger(metaclass=_SingletonMeta):
         location = self._locations.get(frame.f_code)
         if location is None:
             location = self._locate(frame)
+        if device is not None:
+            index = timer_device(device)
+            if index is not None:
+                return CudaTimer(self, identifier, metadata, location, index)
         return Timer(self, identifier, metadata, location)
 
     # -- flushing ------------------------------------------------------------------------

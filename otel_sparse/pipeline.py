@@ -35,6 +35,7 @@ from opentelemetry.sdk.metrics.export import (
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
+from otel_sparse._cuda import GpuTime, resolve_times
 from otel_sparse._instruments import (
     AttributeKey,
     InstrumentKind,
@@ -60,7 +61,7 @@ from otel_sparse.resource import ProcessIdentity
 _logger = logging.getLogger("otel_sparse")
 
 _SCOPE = InstrumentationScope("otel_sparse", __version__)
-_POLL_S = 0.001  # how often a flush re-checks an unfinished device-to-host copy
+_POLL_S = 0.001  # how often a flush re-checks an unfinished device-to-host copy or GPU timer
 
 # The library's own counters, exported beside the user's metrics.
 EVENTS_LOGGED = MetricSpec("events.logged", int, InstrumentKind.COUNTER, unit="{event}",
@@ -411,7 +412,14 @@ class Pipeline:
         if not events:
             return
         values = list(map(_VALUE, events))
+        failed = None
+        if GpuTime in map(type, values):  # GPU timers: seconds once the GPU passed them
+            failed = resolve_times(events, values, time.sleep, _POLL_S)
         host_by_event, errors = self._host_copies(values)
+        if failed:  # a CUDA error: written and counted like an unreadable tensor
+            for i, why in failed:
+                host_by_event[i] = None
+                errors[i] = f"GPU timer: {why}"
         if self._state_generation != self.aggregator.generation:
             self._series_cache.clear()
             self._known.clear()
