@@ -13,6 +13,7 @@ from otel_sparse.analysis.jsonl import BadLines, iter_json_lines
 from otel_sparse.analysis.runs import RunFolder, find_runs
 from otel_sparse.layout import (
     ATTRIBUTE_ALIASES,
+    EXPONENTIAL_COLUMNS,
     HEAD_KEYS,
     LAYER_KEYS,
     POINT_START_COLUMN,
@@ -41,14 +42,16 @@ PARAM_PREFIX = "param_"
 """Prefix of a run.json parameter whose name is already taken (``param_stage``)."""
 
 POINT_COLUMNS = (
-    "time", POINT_START_COLUMN, "temporality", "metric", "type", "unit", "layer", "head", "count",
-    "sum", "min", "max", "bucket_bounds", "bucket_counts", "value", "attributes", "run_id",
+    "time", POINT_START_COLUMN, "temporality", "metric", "type", "unit", "layer", "head",
+    "count", "sum", "min", "max", "bucket_bounds", "bucket_counts", "value", "attributes", "run_id",
     "rank", "world_size", "local_rank", "host_name", "pid", "service_name",
-    "service_instance_id", "file", "run",
+    "service_instance_id", "file", "run", *EXPONENTIAL_COLUMNS,
 )
-"""Columns of ``RunData.points``, in order (extra resource attributes follow)."""
+"""Columns of ``RunData.points``, in order (extra resource attributes follow). The
+exponential-histogram columns are empty on every other row."""
 
-_POINT_INTS = ("layer", "head", "count", "rank", "world_size", "local_rank", "pid")
+_POINT_INTS = ("layer", "head", "count", "rank", "world_size", "local_rank", "pid", "scale",
+               "zero_count", "positive_offset", "negative_offset")
 _POINT_FLOATS = ("sum", "min", "max", "value")
 
 
