@@ -111,6 +111,26 @@ OTEL_SPARSE_LINE_CACHE = "OTEL_SPARSE_LINE_CACHE"
 plain reference encoder, with no cache at all; the same bytes, for checking or debugging.
 """
 
+OTEL_SPARSE_HISTOGRAM = "OTEL_SPARSE_HISTOGRAM"
+"""``explicit`` (default) or ``exponential``: how float histograms bucket their values.
+
+``exponential`` exports OTel base-2 exponential histograms, which Prometheus (started with
+``--enable-feature=native-histograms``) stores as one native-histogram series per
+(metric, attributes) instead of 27 ``_bucket`` series plus ``_sum`` and ``_count``, with
+quantiles within one bucket width (4.4 % at scale 4). Explicit stays the default because it
+works with every backend: a Prometheus without that flag, the vmagent aggregation tier (which
+turns exponential histograms into ``vmrange`` buckets no ``histogram_quantile`` reads) and
+the classic ``_bucket`` queries of existing dashboards. ``register_metric(histogram=...)``
+chooses per metric; ``boundaries=``, timers and int metrics are always explicit.
+"""
+
+OTEL_SPARSE_HISTOGRAM_MAX_BUCKETS = "OTEL_SPARSE_HISTOGRAM_MAX_BUCKETS"
+"""Buckets per sign an exponential histogram series keeps before it halves its resolution.
+
+Default 160 (the OTel SDK default). A series starts at scale 8 and lowers its scale just
+enough to fit its range (docs/configuration.md has the table).
+"""
+
 EXPORTER_NAMES = frozenset({"jsonl", "otlp", "otlp_file", "console", "none"})
 DEFAULT_EXPORTERS = ("jsonl",)
 
@@ -179,6 +199,18 @@ def _switch(raw: str) -> bool:
     if value in ("false", "0", "no", "off"):
         return False
     raise ValueError("must be true or false")
+def _histogram(raw: str) -> str:
+    value = raw.lower()
+    if value not in ("explicit", "exponential"):
+        raise ValueError("must be 'explicit' or 'exponential'")
+    return value
+
+
+def _max_buckets(raw: str) -> int:
+    value = int(raw)
+    if value < 2:
+        raise ValueError("must be an integer >= 2")
+    return value
 
 
 def sigterm_handler_enabled(environ: Mapping[str, str] | None = None) -> bool:
@@ -220,6 +252,8 @@ class Settings:
     max_pending_events: int = 1_000_000
     otlp_file: str | None = None
     line_cache: bool = True
+    histogram: str = "explicit"
+    histogram_max_buckets: int = 160
 
     @classmethod
     def from_env(
@@ -259,4 +293,8 @@ class Settings:
             ),
             otlp_file=env.get(OTEL_SPARSE_OTLP_FILE, "").strip() or None,
             line_cache=_resolve((OTEL_SPARSE_LINE_CACHE,), _switch, True, env),
+            histogram=_resolve((OTEL_SPARSE_HISTOGRAM,), _histogram, "explicit", env),
+            histogram_max_buckets=_resolve(
+                (OTEL_SPARSE_HISTOGRAM_MAX_BUCKETS,), _max_buckets, 160, env
+            ),
         )

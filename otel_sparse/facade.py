@@ -34,6 +34,7 @@ from otel_sparse._arguments import (
     hashable,
     stable_order,
 )
+from otel_sparse._cuda import CudaTimer, timer_device
 from otel_sparse._instruments import (
     DEFAULT_TIMER_BOUNDARIES,
     InstrumentKind,
@@ -195,6 +196,7 @@ class MicroMetricLogger(metaclass=_SingletonMeta):
         description: str = "",
         boundaries: Sequence[float] | None = None,
         attributes: Sequence[str] = (),
+        histogram: str | None = None,
     ) -> None:
         """Register an identifier and its dtype; keywords describe its OTel instrument.
 
@@ -206,6 +208,9 @@ class MicroMetricLogger(metaclass=_SingletonMeta):
             description: shown by backends next to the metric.
             boundaries: histogram bucket bounds (default: fine-grained over [0, 1]).
             attributes: metadata keys, beyond layer/head, that become attributes.
+            histogram: ``"explicit"`` or ``"exponential"`` buckets for a float histogram;
+                None follows ``OTEL_SPARSE_HISTOGRAM`` (default explicit). ``boundaries``
+                and int dtypes mean explicit.
 
         Raises:
             ValueError: options that cannot describe an instrument (at registration, never
@@ -216,7 +221,7 @@ class MicroMetricLogger(metaclass=_SingletonMeta):
                 f"metric identifiers must be strings, got unhashable {type(identifier).__name__}"
             )
         spec = make_spec(identifier, dtype, kind=kind, unit=unit, description=description,
-                         boundaries=boundaries, attributes=attributes)
+                         boundaries=boundaries, attributes=attributes, histogram=histogram)
         if identifier in cls._registered_metrics:
             print(f"Warning: Metric '{identifier}' is being re-registered")
         cls._registered_metrics[identifier] = dtype
@@ -594,12 +599,19 @@ class MicroMetricLogger(metaclass=_SingletonMeta):
             attributes=attributes,
         )
 
-    def timer(self, identifier: str, **metadata: Any) -> Timer | _NullTimer:
-        """Time a block into histogram ``identifier``, in seconds (``perf_counter``).
+    def timer(
+        self, identifier: str, *, device: Any = None, **metadata: Any
+    ) -> Timer | CudaTimer | _NullTimer:
+        """Time a block into histogram ``identifier``, in seconds.
 
-        ``with logger.timer("attention_time", layer=l):``. A disabled identifier costs one
-        set lookup; an enabled one two clock reads and one ``log()``. The time measured is
-        the host's: for GPU work, it covers launching kernels, not running them.
+        ``with logger.timer("attention_time", layer=l):`` times host time (``perf_counter``):
+        for GPU work, that covers launching kernels, not running them.
+        ``with logger.timer("attention_time", device="cuda", layer=l):`` times GPU time: two
+        CUDA timing events on the device's current stream, resolved by the background writer
+        once the GPU passed them (the caller never waits). ``device`` is "cuda", "cuda:N",
+        N or a torch.device; without CUDA it falls back to host time, with a one-time note.
+        A disabled identifier costs one set lookup; an enabled one two clock reads (or two
+        recorded events) and one ``log()``.
         """
         if identifier not in self._enabled or self._log_path is None:
             self._not_logged(identifier)
@@ -608,6 +620,10 @@ class MicroMetricLogger(metaclass=_SingletonMeta):
         location = self._locations.get(frame.f_code)
         if location is None:
             location = self._locate(frame)
+        if device is not None:
+            index = timer_device(device)
+            if index is not None:
+                return CudaTimer(self, identifier, metadata, location, index)
         return Timer(self, identifier, metadata, location)
 
     # -- flushing ------------------------------------------------------------------------

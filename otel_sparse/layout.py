@@ -100,6 +100,14 @@ METRICS_COLUMNS: tuple[str, ...] = (
 )
 """Columns of a ``metrics.jsonl`` row, before the resource columns."""
 
+EXPONENTIAL_COLUMNS: tuple[str, ...] = (
+    "scale", "zero_count", "positive_offset", "positive_counts", "negative_offset",
+    "negative_counts",
+)
+"""``metrics.jsonl`` columns with the raw OTel exponential-histogram fields, on exponential
+histogram rows only (their derived ``bucket_bounds``/``bucket_counts`` have the same shape as
+an explicit histogram's)."""
+
 RESOURCE_COLUMNS: Mapping[str, str] = {
     "run.id": "run_id",
     "rank": "rank",

@@ -249,7 +249,8 @@ class Pipeline:
         self.event_file = EventFileWriter(
             os.path.join(log_path, process_file_name(EVENT_FILE_NAME, suffix))
         )
-        self.aggregator = Aggregator(settings.max_series, settings.temporality, time.time_ns())
+        self.aggregator = Aggregator(settings.max_series, settings.temporality, time.time_ns(),
+                                     settings.histogram, settings.histogram_max_buckets)
         self.series = SeriesBook(self.aggregator, settings.namespace, drops)
         self.lines = make_lines(
             self.series, settings.line_cache if line_cache is None else line_cache,

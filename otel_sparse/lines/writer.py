@@ -21,6 +21,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from otel_sparse._cuda import GpuTime, resolve_times
 from otel_sparse._values import HostValues, is_tensor
 from otel_sparse.event import LogEvent
 from otel_sparse.lines import accept
@@ -30,7 +31,7 @@ from otel_sparse.lines.encoder import LineEncoder, join_lines, line_openings, nu
 from otel_sparse.lines.reference import encode_event
 from otel_sparse.series import BatchOut, SeriesBook
 
-_POLL_S = 0.001  # how often a write re-checks an unfinished device-to-host copy
+_POLL_S = 0.001  # how often a write re-checks an unfinished device-to-host copy or GPU timer
 _VALUE = attrgetter("value")
 _HEAD, _TAIL, _STATE, _FLOOR = (itemgetter(i) for i in range(4))  # KnownLine's fields, in C
 _UNSEEN: Any = object()
@@ -69,7 +70,7 @@ class PlainLines:
 
     def write(self, events: list[LogEvent], out: BatchOut) -> str:
         """Every event encoded and checked on its own."""
-        host, errors = host_copies(list(map(_VALUE, events)))
+        host, errors = host_copies(events, list(map(_VALUE, events)))
         lines = [self.write_event(ev, i, host, errors, out) for i, ev in enumerate(events)]
         return "\n".join(lines) + "\n"
 
@@ -150,7 +151,7 @@ class CachedLines(PlainLines):
             text = self._known_batch(known, openings, values, out)  # type: ignore[arg-type]
             if text is not None:
                 return text
-        host, errors = host_copies(values)
+        host, errors = host_copies(events, values)
         lines: list[str] = []
         add_line = lines.append
         for i, ev in enumerate(events):  # in event order: the order values are summed in
@@ -223,10 +224,24 @@ class CachedLines(PlainLines):
             self.cache.remember(key, KnownLine(head, tail, state, floor))
 
 
-def host_copies(values: list[Any]) -> HostCopies:
-    """Host copies of the batch's tensors and arrays (batched), by position in the batch."""
+def host_copies(events: list[LogEvent], values: list[Any]) -> HostCopies:
+    """Host copies of the batch's tensors and arrays (batched), by position in the batch.
+
+    GPU timers first become their seconds (in ``values`` and on their events); a timer whose
+    CUDA events failed is written and counted like an unreadable tensor.
+    """
     if NUMBER_TYPES.issuperset(map(type, values)):
         return {}, {}
+    failed = resolve_times(events, values, time.sleep, _POLL_S) if GpuTime in map(
+        type, values) else None
+    host, errors = _array_copies(values)
+    for i, why in failed or ():
+        host[i] = None
+        errors[i] = f"GPU timer: {why}"
+    return host, errors
+
+
+def _array_copies(values: list[Any]) -> HostCopies:
     # capture() queues arrays only as numpy copies or tensors; any other object with a
     # .shape (a pandas Series, say) is an ordinary value for the event file.
     array_at = [i for i, value in enumerate(values)
