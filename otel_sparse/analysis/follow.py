@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 from otel_sparse.analysis.jsonl import BadLines, loads_line
 from otel_sparse.analysis.runs import DataFile, data_files
 from otel_sparse.layout import EVENT_FILE_RE
-
-if TYPE_CHECKING:
-    pass
-
 
 
 class EventFollower:
@@ -22,13 +19,18 @@ class EventFollower:
         >>> for data_file, event in follower.poll(): ...          # doctest: +SKIP
     """
 
-    def __init__(self, folder: str | os.PathLike[str], last: int | None = None) -> None:
+    def __init__(
+        self, folder: str | os.PathLike[str], last: int | None = None,
+        accept: Callable[[dict[str, Any]], bool] | None = None,
+    ) -> None:
         """Args:
             folder: the run folder.
             last: on the first poll, start about this many lines from each file's end
                 (None: from the start).
+            accept: keep only the records it accepts (``last`` counts those).
         """
         self.folder = os.fspath(folder)
+        self._accept = accept
         self._last = last
         self._offsets: dict[str, int] = {}
         self._partial: dict[str, bytes] = {}
@@ -76,7 +78,7 @@ class EventFollower:
                 except ValueError:
                     self._bad.add(path, None, truncated=False)
                     continue
-                if isinstance(record, dict):
+                if isinstance(record, dict) and (self._accept is None or self._accept(record)):
                     found.append((data_file, record))
         self._bad.report()
         found.sort(key=lambda item: str(item[1].get("timestamp", "")))
@@ -84,3 +86,32 @@ class EventFollower:
             found = found[-self._last:] if self._last > 0 else []
         self._started = True
         return found
+
+
+def record_value(record: Mapping[str, Any], key: str) -> Any:
+    """A key of one event-file record: its context, else its metadata, else the record's own."""
+    for part in ("context", "metadata"):
+        values = record.get(part)
+        if isinstance(values, dict) and key in values:
+            return values[key]
+    return record.get(key)
+
+
+def record_matches(record: Mapping[str, Any], where: Mapping[str, Sequence[str]]) -> bool:
+    """Whether one event-file record matches ``where`` (``parse_where``; numbers as numbers)."""
+    for key, wanted in where.items():
+        value = record_value(record, key)
+        text = "" if value is None else str(value)
+        if text in wanted:
+            continue
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            numbers = []
+            for item in wanted:
+                try:
+                    numbers.append(float(item))
+                except ValueError:
+                    continue
+            if float(value) in numbers:
+                continue
+        return False
+    return True

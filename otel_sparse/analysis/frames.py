@@ -11,7 +11,14 @@ from typing import TYPE_CHECKING, Any
 
 from otel_sparse.analysis.jsonl import BadLines, iter_json_lines
 from otel_sparse.analysis.runs import RunFolder, find_runs
-from otel_sparse.layout import EXPONENTIAL_COLUMNS, HEAD_KEYS, LAYER_KEYS
+from otel_sparse.layout import (
+    ATTRIBUTE_ALIASES,
+    EXPONENTIAL_COLUMNS,
+    HEAD_KEYS,
+    LAYER_KEYS,
+    POINT_START_COLUMN,
+    POINT_TIME_COLUMN,
+)
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -22,11 +29,21 @@ EVENT_COLUMNS = (
     "timestamp", "metric", "value", "layer", "head", "location", "rank", "pid", "file", "run",
     "metadata",
 )
-"""Columns of ``RunData.events``, in order."""
+"""Columns every ``RunData.events`` has, in order; the context, metadata and parameter
+columns follow (see ``read_run``)."""
+
+CONTEXT_PREFIX = "context_"
+"""Prefix of a context key whose name is already an event column (``context_value``)."""
+
+METADATA_PREFIX = "meta_"
+"""Prefix of a metadata key whose name is already taken (``meta_step`` beside context ``step``)."""
+
+PARAM_PREFIX = "param_"
+"""Prefix of a run.json parameter whose name is already taken (``param_stage``)."""
 
 POINT_COLUMNS = (
-    "time", "start_time", "temporality", "metric", "type", "unit", "layer", "head", "count",
-    "sum", "min", "max", "bucket_bounds", "bucket_counts", "value", "attributes", "run_id",
+    "time", POINT_START_COLUMN, "temporality", "metric", "type", "unit", "layer", "head",
+    "count", "sum", "min", "max", "bucket_bounds", "bucket_counts", "value", "attributes", "run_id",
     "rank", "world_size", "local_rank", "host_name", "pid", "service_name",
     "service_instance_id", "file", "run", *EXPONENTIAL_COLUMNS,
 )
@@ -76,6 +93,7 @@ class _EventColumns:
         self.file: list[str] = []
         self.run: list[str] = []
         self.metadata: list[dict[str, Any]] = []
+        self.context: list[dict[str, Any]] = []
         self.rows: list[int] = []
         # one entry per scalar (row)
         self.value: list[float] = []
@@ -128,6 +146,8 @@ class _EventColumns:
         self.file.append(file)
         self.run.append(run)
         self.metadata.append(metadata)
+        context = record.get("context")
+        self.context.append(context if isinstance(context, dict) else {})
         self.rows.append(n)
 
     def frame(self) -> pd.DataFrame:
@@ -155,9 +175,78 @@ class _EventColumns:
             "run": per_row(self.run).astype(str),
             "metadata": per_row(self.metadata),
         })
-        if len(frame):
-            frame = frame.sort_values("timestamp", kind="stable", ignore_index=True)
+        taken = set(frame.columns)
+        for name, values in _key_columns(self.context, ()).items():
+            column = CONTEXT_PREFIX + name if name in taken else name
+            frame[column] = values.repeat(rows).reset_index(drop=True)
+            taken.add(column)
+        flat = [{k: v for k, v in m.items() if _is_scalar(v)} for m in self.metadata]
+        for name, values in _key_columns(flat, tuple(ATTRIBUTE_ALIASES)).items():
+            column = METADATA_PREFIX + name if name in taken else name
+            frame[column] = values.repeat(rows).reset_index(drop=True)
+            taken.add(column)
         return frame
+
+
+def _is_scalar(value: Any) -> bool:
+    return value is None or isinstance(value, (str, int, float, bool))
+
+
+def _typed(values: list[Any]) -> pd.Series:
+    """A column of context/metadata/parameter values: Int64, float64, boolean, or object."""
+    import pandas as pd
+
+    present = [v for v in values if v is not None]
+    if present and all(isinstance(v, bool) for v in present):
+        return pd.Series(pd.array(values, dtype="boolean"))
+    if present and all(isinstance(v, int) and not isinstance(v, bool) for v in present):
+        return pd.Series(pd.array(values, dtype="Int64"))
+    if present and all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                       for v in present):
+        return pd.Series([math.nan if v is None else float(v) for v in values], dtype="float64")
+    return pd.Series(values, dtype=object)
+
+
+def _key_columns(dicts: list[dict[str, Any]], skip: tuple[str, ...]) -> dict[str, pd.Series]:
+    """One typed column per key found in ``dicts`` (None where a dict lacks it), keys sorted."""
+    keys = sorted({k for d in dicts for k in d if isinstance(k, str) and k not in skip})
+    return {key: _typed([d.get(key) for d in dicts]) for key in keys}
+
+
+def _flatten(params: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested run.json parameters as dotted keys (``masker.k``); lists kept as their JSON."""
+    out: dict[str, Any] = {}
+    for key, value in params.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(_flatten(value, name + "."))
+        elif _is_scalar(value):
+            out[name] = value
+        else:
+            out[name] = json.dumps(value, sort_keys=True, default=str)
+    return out
+
+
+def run_params(manifest: dict[str, Any]) -> dict[str, Any]:
+    """The run.json parameters of a run, flattened to dotted keys ({} without any)."""
+    params = manifest.get("params") if manifest else None
+    return _flatten(params) if isinstance(params, dict) else {}
+
+
+def _add_params(events: pd.DataFrame, manifests: dict[str, dict[str, Any]]) -> pd.DataFrame:
+    """One column per run.json parameter (by the event's run), then sorted by timestamp."""
+    params = {name: run_params(manifest) for name, manifest in manifests.items()}
+    keys = sorted({k for p in params.values() for k in p})
+    taken = set(events.columns)
+    runs = events["run"].tolist()
+    for key in keys:
+        column = PARAM_PREFIX + key if key in taken else key
+        per_run = {name: p.get(key) for name, p in params.items()}
+        events[column] = _typed([per_run.get(r) for r in runs])
+        taken.add(column)
+    if len(events):
+        events = events.sort_values("timestamp", kind="stable", ignore_index=True)
+    return events
 
 
 # -- points -------------------------------------------------------------------------------
@@ -170,7 +259,9 @@ def _points_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
     for column in POINT_COLUMNS:
         if column not in frame.columns:
             frame[column] = pd.Series([None] * len(frame), dtype=object)
-    for column in ("time", "start_time"):
+    if POINT_TIME_COLUMN in frame.columns:  # metrics.jsonl says "timestamp"; the frame "time"
+        frame["time"] = frame.pop(POINT_TIME_COLUMN)
+    for column in ("time", POINT_START_COLUMN):
         frame[column] = pd.to_datetime(frame[column], utc=True, format="ISO8601",
                                        errors="coerce")
     for column in _POINT_INTS:
@@ -234,8 +325,14 @@ class RunData:
     Attributes:
         runs: the folders read.
         events: one row per logged scalar (per-head lists exploded), all ranks merged,
-            sorted by timestamp; columns ``EVENT_COLUMNS``.
-        points: every ``metrics*.jsonl`` row, typed; columns ``POINT_COLUMNS``.
+            sorted by timestamp; columns ``EVENT_COLUMNS``, then one typed column per context
+            key (``step``, ``epoch``, ``stage``...), per scalar metadata key other than the
+            layer/head aliases, and per run.json parameter (nested ones dotted:
+            ``masker.k``). A name already taken gets ``context_``, ``meta_`` or ``param_``
+            in front (``CONTEXT_PREFIX``...): context keys first, then metadata, then
+            parameters. Events without a key hold NA there.
+        points: every ``metrics*.jsonl`` row, typed; columns ``POINT_COLUMNS`` (the file's
+            ``timestamp`` is the UTC datetime column ``time``).
         manifests: run id -> ``run.json`` content ({} without a manifest).
         non_numeric: events whose value is not a number or a list of numbers (not in ``events``).
     """
@@ -261,6 +358,11 @@ class RunData:
         """Identifiers that have numeric events, sorted."""
         return sorted(set(self.events["metric"].tolist()))
 
+    @property
+    def params(self) -> dict[str, dict[str, Any]]:
+        """Run name -> its run.json parameters, flattened to dotted keys."""
+        return {name: run_params(manifest) for name, manifest in self.manifests.items()}
+
     def totals(self) -> pd.DataFrame:
         """Per-series totals of ``points`` (see ``totals``)."""
         return totals(self.points)
@@ -269,7 +371,7 @@ class RunData:
 def _run_names(runs: list[RunFolder]) -> list[str]:
     names = [r.run_id for r in runs]
     counts = {n: names.count(n) for n in names}
-    return [n if counts[n] == 1 else f"{n} ({r.path})" for n, r in zip(names, runs, strict=True)]
+    return [n if counts[n] == 1 else f"{n} ({r.path})" for n, r in zip(names, runs)]
 
 
 def read_run(path_or_paths: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]) -> RunData:
@@ -289,7 +391,7 @@ def read_run(path_or_paths: str | os.PathLike[str] | Sequence[str | os.PathLike[
     columns = _EventColumns()
     point_rows: list[dict[str, Any]] = []
     manifests: dict[str, dict[str, Any]] = {}
-    for run, name in zip(runs, _run_names(runs), strict=True):
+    for run, name in zip(runs, _run_names(runs)):
         manifests[name] = run.manifest
         rank0 = run.manifest.get("ranks", {}).get("0", {}) if run.manifest else {}
         for data_file in run.event_files:
@@ -303,5 +405,6 @@ def read_run(path_or_paths: str | os.PathLike[str] | Sequence[str | os.PathLike[
                 row["run"] = name
                 point_rows.append(row)
     bad.report()
-    return RunData(runs=runs, events=columns.frame(), points=_points_frame(point_rows),
+    return RunData(runs=runs, events=_add_params(columns.frame(), manifests),
+                   points=_points_frame(point_rows),
                    manifests=manifests, non_numeric=columns.non_numeric)

@@ -11,7 +11,7 @@ pandas and matplotlib are imported only by the commands that need them.
 
 from __future__ import annotations
 
-from otel_sparse.cli import demo, doctor, heatmap, replay, summary, tail
+from otel_sparse.cli import compare, demo, doctor, heatmap, plot, replay, summary, tail
 from otel_sparse.cli._common import EXIT_FAILED, EXIT_USAGE, app, main
 from otel_sparse.cli.doctor import mask_env_value
 from otel_sparse.otlp_send import parse_headers, resolve_endpoint
@@ -20,12 +20,14 @@ __all__ = [
     "EXIT_FAILED",
     "EXIT_USAGE",
     "app",
+    "compare",
     "demo",
     "doctor",
     "heatmap",
     "main",
     "mask_env_value",
     "parse_headers",
+    "plot",
     "replay",
     "resolve_endpoint",
     "summary",

@@ -66,6 +66,53 @@ def num(value: Any) -> str:
     return f"{number:.6g}"
 
 
+def short(value: Any) -> str:
+    """A statistic in a narrow table: 4 significant digits, '-' for missing."""
+    if value is None:
+        return "-"
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return str(value)
+    if math.isnan(number):
+        return "-"
+    return f"{number:.4g}"
+
+
+def cell(value: Any) -> str:
+    """A grouping value (stage, k, layer) as shown in tables: '-' when missing."""
+    if value is None:
+        return "-"
+    try:
+        import pandas as pd
+
+        if pd.isna(value):
+            return "-"
+    except (TypeError, ValueError, ImportError):
+        pass
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def parse_where_option(where: Sequence[str] | None) -> dict[str, list[str]]:
+    """``--where`` items as ``{key: values}``; exits 2 for an item that is not KEY=VALUE."""
+    from otel_sparse.analysis import parse_where
+
+    with analysis_errors():
+        return parse_where(where or [])
+
+
+def flag(name: str, help: str) -> Any:
+    """A boolean option that takes no value, shown without a type in ``--help``."""
+    return typer.Option(name, help=help, metavar="")
+
+
+WHERE_HELP = ("Only events where KEY=VALUE (a context key such as stage or step, a metadata "
+              "key, a run.json parameter). Repeat: the same key means OR, different keys AND.")
+BY_HELP = "One row (or line) per value of this key too: a context, metadata or parameter key."
+
+
 def key_text(value: Any) -> str:
     """A layer/head id as shown in tables: '-' when missing."""
     if value is None:
@@ -91,10 +138,22 @@ def analysis_errors() -> Iterator[None]:
         fail(f"{exc.name or exc} is needed for this command: pip install 'otel-sparse[analysis]'")
 
 
+_BOOLEAN_WORDS = frozenset({"true", "false", "yes", "no", "on", "off", "1", "0"})
+
+
+def check_run_paths(paths: Sequence[Path]) -> None:
+    """Exit 2 naming the mistake when a run path is a flag's value (``--by-head true``)."""
+    for path in paths:
+        if not path.exists() and path.name.lower() in _BOOLEAN_WORDS:
+            fail(f"{str(path)!r} is not a run folder: flags take no value "
+                 f"(write --by-head, not --by-head {path})")
+
+
 def load_runs(paths: Sequence[Path]) -> RunData:
     """Read runs for a command; exits 2 for a wrong path or a run without events."""
     from otel_sparse.analysis import read_run
 
+    check_run_paths(paths)
     with analysis_errors():
         data = read_run([str(p) for p in paths])
     if data.events.empty:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import enum
 import os
+import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Optional
+from typing import Annotated, Optional
 
 import typer
 from rich.markup import escape
@@ -19,10 +20,6 @@ from otel_sparse.cli._common import (
     fail,
     num,
 )
-
-if TYPE_CHECKING:
-
-    pass
 
 
 class Backend(str, enum.Enum):
@@ -61,6 +58,7 @@ def demo(
     """Run a small sparse-attention loop that logs per-head density and output error."""
     from otel_sparse.demo import (
         DemoConfig,
+        check_device,
         histogram_counts,
         resolve_backend,
         run_demo,
@@ -74,6 +72,7 @@ def demo(
     try:
         cfg.check()
         resolved = resolve_backend(cfg.backend)
+        check_device(resolved, cfg.device)
         if exporters is not None:
             exporter_list = list(config.parse_exporters(exporters))
     except ValueError as exc:
@@ -128,14 +127,37 @@ def demo(
     out.print(table)
     if result.heatmap is None and heatmap:
         out.print("(no heatmap: matplotlib is not installed)")
-    quoted = _shell_quote(result.run_dir)
     out.print("Next:")
-    out.print(f"  otel-sparse summary {quoted} --by-head", soft_wrap=True)
-    out.print(f"  otel-sparse heatmap {quoted} --metric research_attention_output_error "
-              f"-o error.png", soft_wrap=True)
+    for hint in next_commands(result.run_dir):
+        out.print(f"  {escape(hint)}", soft_wrap=True, highlight=False)
 
 
-def _shell_quote(path: str) -> str:
+def cli_command() -> str:
+    """How a shell runs this ``otel-sparse``: the bare name when PATH finds this very script,
+    else the script's path in this interpreter's environment (a venv not activated), else
+    ``python -m otel_sparse.cli``; shell-quoted."""
+    import shlex
+    import shutil
+
+    script = Path(sys.executable).parent / "otel-sparse"
+    if script.is_file():
+        found = shutil.which("otel-sparse")
+        if found is not None and os.path.realpath(found) == os.path.realpath(script):
+            return "otel-sparse"
+        return shlex.quote(str(script))
+    return f"{shlex.quote(sys.executable)} -m otel_sparse.cli"
+
+
+def next_commands(run_dir: str) -> list[str]:
+    """The commands the demo suggests next, each runnable as printed."""
     import shlex
 
-    return escape(shlex.quote(path))
+    from otel_sparse.demo import DENSITY, OUTPUT_ERROR
+
+    cli = cli_command()
+    run = shlex.quote(run_dir)
+    return [
+        f"{cli} summary {run} --by-head",
+        f"{cli} heatmap {run} --metric {OUTPUT_ERROR} -o error.png",
+        f"{cli} plot {run} --metric {DENSITY} -o density.png",
+    ]

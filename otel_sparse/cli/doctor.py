@@ -9,7 +9,7 @@ import sys
 import urllib.error
 import urllib.parse
 import urllib.request
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 from rich.markup import escape
@@ -23,11 +23,6 @@ from otel_sparse.cli._common import (
     console,
 )
 from otel_sparse.otlp_send import resolve_endpoint
-
-if TYPE_CHECKING:
-
-    pass
-
 
 _SECRET_WORDS = ("TOKEN", "SECRET", "PASSWORD", "API_KEY", "APIKEY")
 

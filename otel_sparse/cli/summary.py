@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import enum
 import sys
-from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Optional
 
@@ -16,16 +15,18 @@ from otel_sparse.analysis import (
     STATS,
 )
 from otel_sparse.cli._common import (
+    BY_HELP,
+    WHERE_HELP,
     analysis_errors,
     app,
     console,
-    key_text,
+    flag,
     load_runs,
-    num,
+    parse_where_option,
 )
+from otel_sparse.cli._tables import stats_tables
 
 if TYPE_CHECKING:
-    import pandas as pd
 
     from otel_sparse.analysis import RunData
 
@@ -42,7 +43,7 @@ def _manifest_header(data: RunData) -> Table:
     grid = Table.grid(padding=(0, 2))
     grid.add_column(style="bold")
     grid.add_column()
-    for run, (name, manifest) in zip(data.runs, data.manifests.items(), strict=True):
+    for run, (name, manifest) in zip(data.runs, data.manifests.items()):
         grid.add_row("run", escape(name))
         grid.add_row("folder", escape(run.path))
         if not manifest:
@@ -69,28 +70,17 @@ def _manifest_header(data: RunData) -> Table:
     return grid
 
 
-def _stats_table(stats: pd.DataFrame, keys: Sequence[str]) -> Table:
-    table = Table()
-    for key in keys:
-        table.add_column(key, justify="left" if key in ("run", "metric") else "right")
-    for stat in STATS:
-        table.add_column(stat, justify="right")
-    for record in stats.to_dict("records"):
-        cells = [escape(str(record[k])) if k in ("run", "metric") else key_text(record[k])
-                 for k in keys]
-        cells.append(str(record["count"]))
-        cells.extend(num(record[s]) for s in STATS[1:])
-        table.add_row(*cells)
-    return table
-
-
 @app.command()
 def summary(
     runs: Annotated[list[Path], typer.Argument(
-        help="Run folders, or a folder of runs (merged).", show_default=False)],
-    by_head: Annotated[bool, typer.Option("--by-head", help="One row per head too.")] = False,
+        help="Run folders, or a folder of runs (a table per run).", show_default=False)],
+    by_head: Annotated[bool, flag("--by-head", "One row per head too.")] = False,
     metric: Annotated[Optional[str], typer.Option("--metric", "-m", help="Only this metric.")]
     = None,
+    where: Annotated[Optional[list[str]], typer.Option(
+        "--where", "-w", help=WHERE_HELP, show_default=False)] = None,
+    by: Annotated[Optional[list[str]], typer.Option(
+        "--by", help=BY_HELP + " Repeatable.", show_default=False)] = None,
     output_format: Annotated[OutputFormat, typer.Option(
         "--format", help="table (with the run header), or csv/json of the statistics only.")]
     = OutputFormat.table,
@@ -99,10 +89,11 @@ def summary(
     from otel_sparse.analysis import summarize
 
     data = load_runs(runs)
+    selection = parse_where_option(where)
     by_run = len(data.runs) > 1
     with analysis_errors():
-        stats = summarize(data.events, by_head=by_head, metric=metric, by_run=by_run)
-    keys = (["run"] if by_run else []) + ["metric", "layer"] + (["head"] if by_head else [])
+        stats = summarize(data.events, by_head=by_head, metric=metric, by_run=by_run,
+                          by=by or (), where=selection)
     if output_format is OutputFormat.csv:
         sys.stdout.write(stats.to_csv(index=False))
         return
@@ -113,10 +104,20 @@ def summary(
 
         for record in stats.to_dict("records"):
             clean = {k: None if v is None or (not isinstance(v, str) and pd.isna(v)) else
-                     (int(v) if k in ("layer", "head", "count") else v)
+                     (int(v) if k in ("layer", "head", "count") else
+                      v.item() if hasattr(v, "item") else v)
                      for k, v in record.items()}
             sys.stdout.write(json.dumps(clean) + "\n")
         return
     out = console()
     out.print(_manifest_header(data))
-    out.print(_stats_table(stats, keys))
+    if selection:
+        out.print("where " + escape(" and ".join(
+            f"{k} in ({', '.join(v)})" if len(v) > 1 else f"{k}={v[0]}"
+            for k, v in selection.items())))
+    if stats.empty:
+        out.print("no events match the selection")
+        return
+    keys = [k for k in stats.columns if k not in ("run", "metric", *STATS)]
+    for table in stats_tables(out, stats, keys, STATS):
+        out.print(table)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 from rich.markup import escape
@@ -18,17 +18,17 @@ from otel_sparse.analysis import (
     find_runs,
     latest_run,
 )
+from otel_sparse.analysis.follow import record_matches
 from otel_sparse.cli._common import (
+    WHERE_HELP,
     analysis_errors,
     app,
     console,
     fail,
+    flag,
     num,
+    parse_where_option,
 )
-
-if TYPE_CHECKING:
-
-    pass
 
 
 def _format_value(value: Any) -> str:
@@ -56,6 +56,10 @@ def _format_event(data_file: DataFile, record: dict[str, Any]) -> str:
     if data_file.rank is not None:
         parts.append(f"rank{data_file.rank}/pid{data_file.pid}")
     parts.append(str(record.get("metric", "?")))
+    context = record.get("context")
+    if isinstance(context, dict):  # step and stage first: what a reader looks for
+        order = sorted(context, key=lambda k: (k not in ("step", "stage"), k != "step", k))
+        parts.extend(f"{k}={context[k]}" for k in order)
     parts.extend(f"{k}={v}" for k, v in meta.items())
     parts.append(_format_value(record.get("value")))
     return "  ".join(parts)
@@ -66,12 +70,14 @@ def tail(
     run: Annotated[Optional[Path], typer.Argument(
         help="A run folder; a folder of runs follows its newest run. Default: the newest run "
              "under $OTEL_SPARSE_RUN_DIR or ./otel_sparse_runs.", show_default=False)] = None,
-    once: Annotated[bool, typer.Option("--once", help="Print what is there and exit.")] = False,
+    once: Annotated[bool, flag("--once", "Print what is there and exit.")] = False,
     lines: Annotated[Optional[int], typer.Option(
         "--lines", "-n", help="Events already written to show first (default: 20; all with "
                               "--once).", show_default=False)] = None,
-    metric: Annotated[Optional[str], typer.Option("--metric", "-m", help="Only this metric.")]
-    = None,
+    metric: Annotated[Optional[str], typer.Option(
+        "--metric", "-m", help="Only this metric (follow one metric).")] = None,
+    where: Annotated[Optional[list[str]], typer.Option(
+        "--where", "-w", help=WHERE_HELP, show_default=False)] = None,
     interval: Annotated[float, typer.Option(help="Seconds between polls.")] = 0.5,
     duration: Annotated[Optional[float], typer.Option(
         help="Stop following after this many seconds (default: until Ctrl-C).")] = None,
@@ -89,16 +95,21 @@ def tail(
         fail(str(exc))
     if run is None or len(runs) > 1:
         console(stderr=True).print(f"following {escape(chosen.path)}", soft_wrap=True)
-    follower = EventFollower(chosen.path, last=lines if lines is not None else
-                             (None if once else 20))
+    selection = parse_where_option(where)
     wanted = metric
+
+    def accept(record: dict[str, Any]) -> bool:
+        name = record.get("metric")
+        if wanted is not None and name != wanted and not wanted.endswith(f".{name}"):
+            return False
+        return record_matches(record, selection)
+
+    follower = EventFollower(chosen.path, last=lines if lines is not None else
+                             (None if once else 20), accept=accept)
 
     def emit() -> int:
         shown = 0
         for data_file, record in follower.poll():
-            name = record.get("metric")
-            if wanted is not None and name != wanted and not wanted.endswith(f".{name}"):
-                continue
             typer.echo(_format_event(data_file, record))
             shown += 1
         return shown
