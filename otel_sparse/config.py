@@ -31,6 +31,8 @@ TORCHELASTIC_RUN_ID = "TORCHELASTIC_RUN_ID"
 OTEL_SPARSE_RUN_DIR = "OTEL_SPARSE_RUN_DIR"
 """Parent folder of run folders for the new API and the CLI. Default ``./otel_sparse_runs``."""
 
+DEFAULT_RUNS_DIR = "otel_sparse_runs"
+
 OTEL_SPARSE_EXPORTERS = "OTEL_SPARSE_EXPORTERS"
 """Comma-separated metric exporters: ``jsonl``, ``otlp``, ``otlp_file``, ``console``, ``none``.
 
@@ -103,6 +105,26 @@ Installed from the main thread when logging is configured, only over ``SIG_DFL``
 process still dies of SIGTERM) or a Python handler (which then runs). ``false``: never.
 """
 
+OTEL_SPARSE_HISTOGRAM = "OTEL_SPARSE_HISTOGRAM"
+"""``explicit`` (default) or ``exponential``: how float histograms bucket their values.
+
+``exponential`` exports OTel base-2 exponential histograms, which Prometheus (started with
+``--enable-feature=native-histograms``) stores as one native-histogram series per
+(metric, attributes) instead of 27 ``_bucket`` series plus ``_sum`` and ``_count``, with
+quantiles within one bucket width (4.4 % at scale 4). Explicit stays the default because it
+works with every backend: a Prometheus without that flag, the vmagent aggregation tier (which
+turns exponential histograms into ``vmrange`` buckets no ``histogram_quantile`` reads) and
+the classic ``_bucket`` queries of existing dashboards. ``register_metric(histogram=...)``
+chooses per metric; ``boundaries=``, timers and int metrics are always explicit.
+"""
+
+OTEL_SPARSE_HISTOGRAM_MAX_BUCKETS = "OTEL_SPARSE_HISTOGRAM_MAX_BUCKETS"
+"""Buckets per sign an exponential histogram series keeps before it halves its resolution.
+
+Default 160 (the OTel SDK default). A series starts at scale 8 and lowers its scale just
+enough to fit its range (docs/configuration.md has the table).
+"""
+
 EXPORTER_NAMES = frozenset({"jsonl", "otlp", "otlp_file", "console", "none"})
 DEFAULT_EXPORTERS = ("jsonl",)
 
@@ -164,11 +186,31 @@ def _temporality(raw: str) -> str:
     return value
 
 
+def _histogram(raw: str) -> str:
+    value = raw.lower()
+    if value not in ("explicit", "exponential"):
+        raise ValueError("must be 'explicit' or 'exponential'")
+    return value
+
+
+def _max_buckets(raw: str) -> int:
+    value = int(raw)
+    if value < 2:
+        raise ValueError("must be an integer >= 2")
+    return value
+
+
 def sigterm_handler_enabled(environ: Mapping[str, str] | None = None) -> bool:
     """Whether ``OTEL_SPARSE_SIGTERM_HANDLER`` allows the SIGTERM handler (default yes)."""
     env = os.environ if environ is None else environ
     raw = env.get(OTEL_SPARSE_SIGTERM_HANDLER, "").strip().lower()
     return raw not in ("false", "0", "no", "off")
+
+
+def runs_dir(environ: Mapping[str, str] | None = None) -> str:
+    """Parent folder of run folders: ``OTEL_SPARSE_RUN_DIR``, else ``otel_sparse_runs``."""
+    env = os.environ if environ is None else environ
+    return env.get(OTEL_SPARSE_RUN_DIR, "").strip() or DEFAULT_RUNS_DIR
 
 
 def parse_exporters(raw: str) -> tuple[str, ...]:
@@ -196,6 +238,8 @@ class Settings:
     write_delay_s: float = 1.0
     max_pending_events: int = 1_000_000
     otlp_file: str | None = None
+    histogram: str = "explicit"
+    histogram_max_buckets: int = 160
 
     @classmethod
     def from_env(
@@ -234,4 +278,8 @@ class Settings:
                 (OTEL_SPARSE_MAX_PENDING_EVENTS,), _positive_int, 1_000_000, env
             ),
             otlp_file=env.get(OTEL_SPARSE_OTLP_FILE, "").strip() or None,
+            histogram=_resolve((OTEL_SPARSE_HISTOGRAM,), _histogram, "explicit", env),
+            histogram_max_buckets=_resolve(
+                (OTEL_SPARSE_HISTOGRAM_MAX_BUCKETS,), _max_buckets, 160, env
+            ),
         )

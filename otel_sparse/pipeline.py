@@ -35,6 +35,7 @@ from opentelemetry.sdk.metrics.export import (
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
+from otel_sparse._cuda import GpuTime, resolve_times
 from otel_sparse._instruments import (
     AttributeKey,
     InstrumentKind,
@@ -49,17 +50,18 @@ from otel_sparse.config import Settings
 from otel_sparse.event import LogEvent, event_context
 from otel_sparse.exporters import build_exporter
 from otel_sparse.exporters.events import (
-    EVENT_FILE_NAME,
     EventEncoder,
     EventFileWriter,
     line_openings,
 )
+from otel_sparse.exporters.extras import is_local, last_error
+from otel_sparse.layout import EVENT_FILE_NAME, process_file_name
 from otel_sparse.resource import ProcessIdentity
 
 _logger = logging.getLogger("otel_sparse")
 
 _SCOPE = InstrumentationScope("otel_sparse", __version__)
-_POLL_S = 0.001  # how often a flush re-checks an unfinished device-to-host copy
+_POLL_S = 0.001  # how often a flush re-checks an unfinished device-to-host copy or GPU timer
 
 # The library's own counters, exported beside the user's metrics.
 EVENTS_LOGGED = MetricSpec("events.logged", int, InstrumentKind.COUNTER, unit="{event}",
@@ -72,9 +74,15 @@ _OWN_NAMESPACE = "otel_sparse"
 
 
 class QueueOwner(Protocol):
-    """What the writer needs from its logger: the events that waited too long."""
+    """What the writer needs from its logger (``MicroMetricLogger`` implements it)."""
 
-    def _take_stale_queue(self, max_age_s: float) -> deque[LogEvent] | None: ...
+    def take_stale_queue(self, max_age_s: float) -> deque[LogEvent] | None:
+        """The logger's queue if its oldest event waited ``max_age_s``, else None.
+
+        Called by the writer thread every tick. The owner may instead submit the queue to
+        this pipeline itself, under its own lock (and return None), so that batches reach
+        the writer in the order they were swapped out.
+        """
 
 
 @dataclass
@@ -120,7 +128,7 @@ class ExportWorker:
     ) -> None:
         self.name = name
         self.exporter = exporter
-        self.local = bool(getattr(exporter, "is_local", False))
+        self.local = is_local(exporter)
         self._timeout_s = timeout_s
         self._cumulative = cumulative
         self._drops = drops
@@ -176,7 +184,7 @@ class ExportWorker:
             result = self.exporter.export(data, timeout_millis=self._timeout_s * 1000)
             ok = result is MetricExportResult.SUCCESS
             # an exporter may say why (QuietOtlpExporter: the first suppressed library line)
-            error = getattr(self.exporter, "last_error", None) or "returned FAILURE"
+            error = last_error(self.exporter) or "returned FAILURE"
         except Exception as exc:
             ok, error = False, f"{type(exc).__name__}: {exc}"
         if ok:
@@ -236,12 +244,14 @@ class Pipeline:
         self.identity = ProcessIdentity.current()
         self.resource: Resource = self.identity.resource()
         suffix = self.identity.file_suffix(is_fork_child)
-        base, ext = os.path.splitext(EVENT_FILE_NAME)
-        self.event_file = EventFileWriter(os.path.join(log_path, base + suffix + ext))
+        self.event_file = EventFileWriter(
+            os.path.join(log_path, process_file_name(EVENT_FILE_NAME, suffix))
+        )
         self.specs: dict[str, MetricSpec] = {}
         """Identifier -> spec for every metric ever enabled on this logger."""
         self._names: dict[str, str] = {}
-        self.aggregator = Aggregator(settings.max_series, settings.temporality, time.time_ns())
+        self.aggregator = Aggregator(settings.max_series, settings.temporality, time.time_ns(),
+                                     settings.histogram, settings.histogram_max_buckets)
         self._pending: deque[deque[LogEvent]] = deque()
         self._pending_events = 0
         self._pending_lock = threading.Lock()
@@ -363,7 +373,7 @@ class Pipeline:
             if owner is None:
                 return
             try:
-                stale = owner._take_stale_queue(self.settings.write_delay_s)
+                stale = owner.take_stale_queue(self.settings.write_delay_s)
                 del owner
                 with self._write_lock:
                     if stale:
@@ -402,7 +412,14 @@ class Pipeline:
         if not events:
             return
         values = list(map(_VALUE, events))
+        failed = None
+        if GpuTime in map(type, values):  # GPU timers: seconds once the GPU passed them
+            failed = resolve_times(events, values, time.sleep, _POLL_S)
         host_by_event, errors = self._host_copies(values)
+        if failed:  # a CUDA error: written and counted like an unreadable tensor
+            for i, why in failed:
+                host_by_event[i] = None
+                errors[i] = f"GPU timer: {why}"
         if self._state_generation != self.aggregator.generation:
             self._series_cache.clear()
             self._known.clear()

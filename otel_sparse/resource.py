@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from opentelemetry.sdk.resources import OTELResourceDetector, Resource
 from opentelemetry.sdk.version import __version__ as _sdk_version
 
-from otel_sparse import config
+from otel_sparse.config import OTEL_SPARSE_RUN_ID, TORCHELASTIC_RUN_ID
+from otel_sparse.layout import rank_pid_suffix
 
 _generated_run_id: str | None = None
 _warned_none_run_id = False
@@ -36,8 +37,8 @@ def start_new_generated_run_id(environ: Mapping[str, str] | None = None) -> str:
     names the run: returns the run id now in force."""
     global _generated_run_id
     env = os.environ if environ is None else environ
-    named = env.get(config.OTEL_SPARSE_RUN_ID, "").strip() or (
-        env.get(config.TORCHELASTIC_RUN_ID, "").strip() not in ("", "none")
+    named = env.get(OTEL_SPARSE_RUN_ID, "").strip() or (
+        env.get(TORCHELASTIC_RUN_ID, "").strip() not in ("", "none")
     )
     if not named:
         _generated_run_id = new_run_id()
@@ -49,9 +50,9 @@ def resolve_run_id(environ: Mapping[str, str] | None = None) -> str:
     generated once per process (a lone process; ranks without torchrun should set the first)."""
     global _generated_run_id, _warned_none_run_id
     env = os.environ if environ is None else environ
-    for name in (config.OTEL_SPARSE_RUN_ID, config.TORCHELASTIC_RUN_ID):
+    for name in (OTEL_SPARSE_RUN_ID, TORCHELASTIC_RUN_ID):
         value = env.get(name, "").strip()
-        if name == config.TORCHELASTIC_RUN_ID and value == "none":
+        if name == TORCHELASTIC_RUN_ID and value == "none":
             # torchrun's placeholder without --rdzv-id: unrelated jobs would share it
             if not _warned_none_run_id:
                 _warned_none_run_id = True
@@ -123,4 +124,4 @@ class ProcessIdentity:
         """'' for rank 0 of a lone process; ``.rank<r>.pid<pid>`` for other ranks and forks."""
         if self.rank == 0 and not is_fork_child:
             return ""
-        return f".rank{self.rank}.pid{self.pid}"
+        return rank_pid_suffix(self.rank, self.pid)

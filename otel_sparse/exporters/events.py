@@ -21,7 +21,6 @@ from otel_sparse.exporters._files import AppendOnlyFile
 
 _logger = logging.getLogger("otel_sparse")
 
-EVENT_FILE_NAME = "micro_metrics.jsonl"
 
 _encode = json.JSONEncoder().encode
 _dumps = orjson.dumps  # a naive datetime comes out exactly as isoformat(), in quotes

@@ -16,6 +16,8 @@ from typing import Any
 import orjson
 from opentelemetry.sdk.metrics.export import (
     AggregationTemporality,
+    ExponentialHistogram,
+    ExponentialHistogramDataPoint,
     Gauge,
     Histogram,
     HistogramDataPoint,
@@ -26,24 +28,16 @@ from opentelemetry.sdk.metrics.export import (
     Sum,
 )
 
+from otel_sparse._exponential import flat_buckets
 from otel_sparse.exporters._files import AppendOnlyFile
+from otel_sparse.exporters.extras import LocalExporter
+from otel_sparse.layout import EXPONENTIAL_COLUMNS, METRICS_FILE_NAME, RESOURCE_COLUMNS
 
 _logger = logging.getLogger("otel_sparse")
 
-METRICS_FILE_NAME = "metrics.jsonl"
+__all__ = ["METRICS_FILE_NAME", "JsonlMetricExporter", "metrics_rows"]
 
-# Resource attributes promoted to their own short columns; the rest keep their dotted name
-# with dots turned into underscores.
-_RESOURCE_COLUMNS = {
-    "run.id": "run_id",
-    "rank": "rank",
-    "world.size": "world_size",
-    "local.rank": "local_rank",
-    "host.name": "host_name",
-    "process.pid": "pid",
-    "service.name": "service_name",
-    "service.instance.id": "service_instance_id",
-}
+_warned_types: set[str] = set()
 
 _TEMPORALITY = {
     AggregationTemporality.CUMULATIVE: "cumulative",
@@ -60,7 +54,7 @@ def _resource_columns(attributes: Mapping[str, Any]) -> dict[str, Any]:
     for key, value in attributes.items():
         if key.startswith("telemetry.sdk."):
             continue
-        out[_RESOURCE_COLUMNS.get(key) or key.replace(".", "_")] = value
+        out[RESOURCE_COLUMNS.get(key) or key.replace(".", "_")] = value
     return out
 
 
@@ -76,13 +70,14 @@ def metrics_rows(
             for metric in sm.metrics:
                 data = metric.data
                 kind: str
-                if isinstance(data, Histogram):
+                if isinstance(data, (Histogram, ExponentialHistogram)):
                     kind = "histogram"
                 elif isinstance(data, Sum):
                     kind = "counter" if data.is_monotonic else "up_down_counter"
                 elif isinstance(data, Gauge):
                     kind = "gauge"
                 else:
+                    _warn_unknown(metric.name, data)  # type: ignore[unreachable]
                     continue
                 temporality = (
                     "none" if isinstance(data, Gauge)
@@ -90,7 +85,7 @@ def metrics_rows(
                 )
                 for point in data.data_points:
                     attrs = dict(point.attributes or {})
-                    if isinstance(point, HistogramDataPoint):
+                    if isinstance(point, (HistogramDataPoint, ExponentialHistogramDataPoint)):
                         state: tuple[Any, ...] = (point.count, point.sum)
                     else:
                         assert isinstance(point, NumberDataPoint)
@@ -120,6 +115,23 @@ def metrics_rows(
                             bucket_counts=list(point.bucket_counts),
                             value=None,
                         )
+                    elif isinstance(point, ExponentialHistogramDataPoint):
+                        bounds, counts = flat_buckets(point.scale, point.zero_count,
+                                                      point.positive, point.negative)
+                        row.update(
+                            count=point.count,
+                            sum=point.sum,
+                            min=point.min,
+                            max=point.max,
+                            bucket_bounds=bounds,
+                            bucket_counts=counts,
+                            value=None,
+                        )
+                        row.update(zip(EXPONENTIAL_COLUMNS, (
+                            point.scale, point.zero_count,
+                            point.positive.offset, list(point.positive.bucket_counts),
+                            point.negative.offset, list(point.negative.bucket_counts),
+                        )))
                     else:
                         row.update(count=None, sum=None, min=None, max=None,
                                    bucket_bounds=None, bucket_counts=None, value=point.value)
@@ -129,7 +141,15 @@ def metrics_rows(
     return rows
 
 
-class JsonlMetricExporter(MetricExporter):
+def _warn_unknown(name: str, data: Any) -> None:
+    kind = type(data).__name__
+    if kind not in _warned_types:
+        _warned_types.add(kind)
+        _logger.warning("otel_sparse: metrics.jsonl has no rows for %s points (metric %s); "
+                        "they reach the other exporters only", kind, name)
+
+
+class JsonlMetricExporter(MetricExporter, LocalExporter):
     """Write metric points to a local JSONL file, one flat row per data point.
 
     Example:

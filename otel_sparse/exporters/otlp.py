@@ -18,6 +18,8 @@ from urllib.parse import unquote, urlparse
 
 from opentelemetry.sdk.metrics.export import MetricExporter, MetricExportResult, MetricsData
 
+from otel_sparse.exporters.extras import ExplainsFailure, LocalExporter
+
 _logger = logging.getLogger("otel_sparse")
 
 PROTOCOLS = ("grpc", "http/protobuf")
@@ -219,7 +221,7 @@ def _header_secrets(env: Mapping[str, str]) -> list[str]:
     return sorted(secrets, key=len, reverse=True)
 
 
-class QuietOtlpExporter(MetricExporter):
+class QuietOtlpExporter(MetricExporter, LocalExporter, ExplainsFailure):
     """An OTLP exporter whose failures make one report per outage, not a line per retry.
 
     The opentelemetry-exporter-otlp exporters log a warning per retry and an error per

@@ -236,6 +236,8 @@ def prometheus_factory(prometheus_bin: Path, tmp_path: Path) -> Iterator[Callabl
             i.e. service.name/service.instance.id, stay as they are).
         remote_write_receiver: start with --web.enable-remote-write-receiver.
         name: used for the log file and TSDB directory.
+        native_histograms: start with --enable-feature=native-histograms (scrapes then
+            ask for the protobuf format, the one that carries native histograms).
     """
     started: list[Prometheus] = []
 
@@ -244,6 +246,7 @@ def prometheus_factory(prometheus_bin: Path, tmp_path: Path) -> Iterator[Callabl
         remote_write_receiver: bool = False,
         name: str | None = None,
         timeout: float = 60.0,
+        native_histograms: bool = False,
     ) -> Prometheus:
         label = name or f"prometheus-{len(started)}"
         jobs = (
@@ -280,6 +283,8 @@ def prometheus_factory(prometheus_bin: Path, tmp_path: Path) -> Iterator[Callabl
         ]
         if remote_write_receiver:
             args.append("--web.enable-remote-write-receiver")
+        if native_histograms:
+            args.append("--enable-feature=native-histograms")
         proc = ManagedProcess(args, tmp_path / f"{label}.log", name=label)
         prom = Prometheus(port=port, config_path=config_path, tsdb=tsdb, process=proc)
         started.append(prom)
