@@ -250,6 +250,8 @@ class Pipeline:
         self.specs: dict[str, MetricSpec] = {}
         """Identifier -> spec for every metric ever enabled on this logger."""
         self._names: dict[str, str] = {}
+        self._name_owners: dict[str, str] = {}
+        """Instrument name -> the identifier exported under it: one lookup per new name."""
         self.aggregator = Aggregator(settings.max_series, settings.temporality, time.time_ns(),
                                      settings.histogram, settings.histogram_max_buckets)
         self._pending: deque[deque[LogEvent]] = deque()
@@ -314,14 +316,16 @@ class Pipeline:
         self._series_cache.pop(spec.identifier, None)
         self._array_keys.clear()
         self._known.clear()
-        self._names[spec.identifier] = self._unique_name(spec.identifier)
+        name = self._unique_name(spec.identifier)
+        self._names[spec.identifier] = name
+        self._name_owners.setdefault(name, spec.identifier)
 
     def _unique_name(self, identifier: str) -> str:
         """The instrument name of ``identifier``, with a short digest appended when another
         identifier already has that name (``"密度"`` and ``"注意"`` both clean to ``"__"``)."""
         name = instrument_name(self.settings.namespace, identifier)
-        other = next((i for i, n in self._names.items() if n == name and i != identifier), None)
-        if other is None:
+        other = self._name_owners.get(name, identifier)
+        if other == identifier:
             return name
         try:
             text = repr(identifier)

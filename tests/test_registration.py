@@ -173,7 +173,6 @@ def _lines_run(call: Callable[[], object]) -> int:
 class TestScale:
     """Set-up work grows linearly with the number of identifiers (issue 11, item 8)."""
 
-    @pytest.mark.xfail(strict=True, reason="issue 11 item 8: _unique_name scans every name")
     def test_enable_all_is_linear_in_the_identifiers(
         self, fresh_logger: type[MicroMetricLogger], tmp_path: Path
     ) -> None:
