@@ -41,7 +41,7 @@ from otel_sparse._instruments import (
     MetricSpec,
     make_spec,
 )
-from otel_sparse._values import Refusal, capture, captures_by_type
+from otel_sparse._values import Refusal, capture, captures_by_type, take_metadata
 from otel_sparse.config import Settings
 from otel_sparse.event import EventContext, LogEvent
 from otel_sparse.lifecycle import close_quietly, install_sigterm_handler, register
@@ -341,6 +341,7 @@ class MicroMetricLogger(metaclass=_SingletonMeta):
                 self._drops.add("sampling", identifier,
                                 why=f"sampling_factor={sampling} keeps a random share of events")
                 return
+            metadata = take_metadata(metadata)  # the caller may reuse and change its dict
             tp = type(value)
             if tp is not float and tp is not int and value is not None:
                 # the type's capture function straight from its cache: one call, not two
@@ -354,7 +355,7 @@ class MicroMetricLogger(metaclass=_SingletonMeta):
                 location = self._locations.get(frame.f_code)
                 if location is None:
                     location = self._locate(frame)
-            event = LogEvent(_now(), identifier, value, metadata or {}, location)
+            event = LogEvent(_now(), identifier, value, metadata, location)
             if self._context is not None:
                 event.context = self._context  # not a field: see event.py
             taken = next(self._seq)

@@ -509,7 +509,6 @@ class TestAppendOnlyFile:
 class TestValuesTakenAtLog:
     """log() keeps the metadata as it was at the call (issue 11, item 4)."""
 
-    @pytest.mark.xfail(strict=True, reason="issue 11 item 4: log() keeps the caller's dict")
     def test_reused_and_mutated_metadata(
         self, fresh_logger: type[MicroMetricLogger], tmp_path: Path
     ) -> None:
