@@ -91,6 +91,12 @@ def test_every_skipped_block_says_why() -> None:
     assert problems == []
 
 
+def test_every_block_names_its_language() -> None:
+    """Code cannot hide from the runner in an untagged fence: text and diagrams say ``text``."""
+    untagged = [f"{b.path}:{b.line}" for path in DOCS for b in blocks(path) if not b.lang]
+    assert untagged == []
+
+
 def test_block_parser_sees_tags_and_languages() -> None:
     """The parser (what every other check relies on) reads a known file right."""
     readme = blocks(REPO / "README.md")
