@@ -38,6 +38,7 @@ def fitted(console: Console, build: Callable[[Callable[[Any], str]], Table]) -> 
 
 def _new_table(title: str | None) -> Table:
     return Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, show_edge=False,
+                 collapse_padding=True,
                  pad_edge=False,
                  padding=(0, 1))
 
@@ -65,7 +66,8 @@ def stats_tables(
                 table.add_column(stat, justify="right")
             for record in rows.to_dict("records"):
                 cells = [escape(cell(record[k])) for k in keys]
-                cells += [str(record[s]) if s == "count" else fmt(record[s]) for s in stat_names]
+                cells += [fmt(record[s]) if isinstance(record[s], float) else str(record[s])
+                          for s in stat_names]
                 table.add_row(*cells)
             return table
 
