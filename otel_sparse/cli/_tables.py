@@ -36,11 +36,11 @@ def fitted(console: Console, build: Callable[[Callable[[Any], str]], Table]) -> 
     return table if fits(console, table) else build(short)
 
 
-def _new_table(title: str | None) -> Table:
+def _new_table(title: str) -> Table:
+    # min_width: a title (up to 60 characters) wider than the columns stays on one line
     return Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, show_edge=False,
-                 collapse_padding=True,
-                 pad_edge=False,
-                 padding=(0, 1))
+                 collapse_padding=True, pad_edge=False, padding=(0, 1),
+                 min_width=min(len(title), 60))
 
 
 def stats_tables(
