@@ -4,7 +4,8 @@
 only clones (on the tensor's own device, asynchronously for CUDA) so that a later in-place
 edit by the caller cannot change what was logged. ``HostValues`` runs in the background: it
 stacks the captured tensors of one batch per (device, dtype, shape), starts one non-blocking
-copy per group, and hands back host arrays once the copies are done.
+copy per group, and hands back host arrays once the copies are done. Which device and stream
+each CUDA call uses, and how a clone made on a side stream is waited for, is _cuda.py's.
 """
 
 from __future__ import annotations

@@ -325,8 +325,9 @@ class MicroMetricLogger(metaclass=_SingletonMeta):
     ) -> None:
         """Record one value. Cost: a set lookup, a frame lookup, one LogEvent and an append.
 
-        Takes no lock: the record count is an ``itertools.count`` and the append is one
-        deque operation, both atomic. Tensors are cloned on their own device (never read
+        Takes no lock, except in the one call of ``flush_every`` that hands the full queue to
+        the writer: the record count is an ``itertools.count`` and the append is one deque
+        operation, both atomic. Tensors are cloned on their own device (never read
         back to the host here); host copies happen in the background writer, batched.
         """
         try:

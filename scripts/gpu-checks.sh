@@ -92,7 +92,7 @@ else
 fi
 
 # 2. every cuda test (none may be skipped on a GPU, except the two-GPU one on one card)
-timeout 300 "$PY" -m pytest -p no:cacheprovider -m cuda -rs -q \
+timeout 270 "$PY" -m pytest -p no:cacheprovider -m cuda -rs -q \
   --junitxml "$OUT/cuda-tests.xml" tests/test_cuda.py tests/test_gpu_checks.py \
   tests/test_tensors.py tests/test_torch_hooks.py tests/test_bad_input.py \
   >"$OUT/cuda-tests.log" 2>&1
@@ -122,7 +122,7 @@ else
 fi
 
 # 3. the benchmark (eager and CUDA graphs; off / otel_sparse / .item())
-timeout 240 "$PY" bench/bench_gpu.py "${BENCH_ARGS[@]}" --out "$OUT/bench.json" \
+timeout 150 "$PY" bench/bench_gpu.py "${BENCH_ARGS[@]}" --out "$OUT/bench.json" \
   >"$OUT/bench.log" 2>&1
 rc=$?
 cat "$OUT/bench.log"

@@ -359,6 +359,20 @@ class TestGpuTimerMechanism:
         logger.flush()
         assert _events(tmp_path)[0]["value"] == 0.0125
 
+    @pytest.mark.parametrize("spec", ["cuda:1", 1, "torch.device('cuda', 1)", "cuda"])
+    def test_device_spellings(
+        self, fake: FakeCuda, logger: MicroMetricLogger, tmp_path: Path, spec: Any
+    ) -> None:
+        """"cuda:1", 1 and torch.device("cuda", 1) time on cuda:1; "cuda" on the current one."""
+        if spec == "torch.device('cuda', 1)":
+            spec = torch.device("cuda", 1)
+        fake.current = 1 if spec == "cuda" else 0
+        with logger.timer(TIMER, device=spec):
+            pass
+        assert [c[:3] for c in fake.calls] == [("record", 1, 0), ("record", 1, 0)]
+        logger.flush()
+        assert [e["value"] for e in _events(tmp_path)] == [0.0125]
+
     def test_resolved_only_after_query_true(
         self, fake: FakeCuda, logger: MicroMetricLogger, tmp_path: Path
     ) -> None:
