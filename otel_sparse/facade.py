@@ -41,10 +41,15 @@ from otel_sparse._instruments import (
     MetricSpec,
     make_spec,
 )
-from otel_sparse._values import Refusal, capture, captures_by_type
+from otel_sparse._values import Refusal, capture, captures_by_type, take_metadata
 from otel_sparse.config import Settings
 from otel_sparse.event import EventContext, LogEvent
-from otel_sparse.lifecycle import close_quietly, install_sigterm_handler, register
+from otel_sparse.lifecycle import (
+    after_fork_in_child,
+    close_quietly,
+    install_sigterm_handler,
+    register,
+)
 from otel_sparse.pipeline import DropCounter, Pipeline
 
 _logger = logging.getLogger("otel_sparse")
@@ -84,7 +89,28 @@ class _SingletonMeta(type):
         instance = cls.__dict__.get("_instance")
         if instance is not None and not args and not kwargs and cls.__dict__["_initialized"]:
             return instance
-        return super().__call__(*args, **kwargs)
+        # One construction at a time: threads calling MicroMetricLogger() while another
+        # (re)builds the singleton wait for it instead of initialising it alongside.
+        with _constructing.lock:
+            instance = cls.__dict__.get("_instance")
+            if instance is not None and not args and not kwargs and cls.__dict__["_initialized"]:
+                return instance
+            return super().__call__(*args, **kwargs)
+
+
+class _ConstructionLock:
+    """The lock of ``_SingletonMeta.__call__``; a forked child gets a new one (the parent's
+    may have been held by a thread that does not exist in the child)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.RLock()
+
+    def after_fork_in_child(self) -> None:
+        self.lock = threading.RLock()
+
+
+_constructing = _ConstructionLock()
+after_fork_in_child(_constructing.after_fork_in_child)
 
 
 class MicroMetricLogger(metaclass=_SingletonMeta):
@@ -153,29 +179,29 @@ class MicroMetricLogger(metaclass=_SingletonMeta):
             if not getattr(self, "_ready", False):
                 type(self)._instance = None  # leave no half-built singleton behind
             raise
-        pipeline: Pipeline | None = getattr(self, "_pipeline", None)
-        if pipeline is not None:  # _initialized was reset on a live instance: start over
-            pipeline.close()
-        self._lock = threading.Lock()
+        if getattr(self, "_ready", False):  # _initialized was reset on a live instance
+            self._start_over()
+        else:
+            self._lock = threading.Lock()
+            self.log_queue: deque[LogEvent] = _new_queue()
+            self._pipeline: Pipeline | None = None
+            self._log_path: str | None = None
         # Never the global generator: the researcher's random stream stays theirs.
         self._rng = random.Random()
         self._warned: set[tuple[str, Any]] = set()
         self._drops = DropCounter()
         self._locations: dict[CodeType, str] = {}
         self._context: EventContext | None = None
-        self._pipeline: Pipeline | None = None
         self._exporters = ExporterChoice.parse(exporters)
         self._seq = itertools.count()
         self._capped_now = False
         self._is_fork_child = False
         self.flush_every = flush_every
         self.flush_interval = check_interval(flush_interval)
-        self.log_queue: deque[LogEvent] = _new_queue()
         self.enabled_metrics = set()
         self.last_flush_time = time.time()
         self.max_records = max_records
         self.sampling_factor = clamp_sampling(sampling_factor)
-        self._log_path: str | None = None
         self._ready = True
         register(self)
         if log_path is not None:
@@ -342,6 +368,7 @@ class MicroMetricLogger(metaclass=_SingletonMeta):
                 self._drops.add("sampling", identifier,
                                 why=f"sampling_factor={sampling} keeps a random share of events")
                 return
+            metadata = take_metadata(metadata)  # the caller may reuse and change its dict
             tp = type(value)
             if tp is not float and tp is not int and value is not None:
                 # the type's capture function straight from its cache: one call, not two
@@ -355,7 +382,7 @@ class MicroMetricLogger(metaclass=_SingletonMeta):
                 location = self._locations.get(frame.f_code)
                 if location is None:
                     location = self._locate(frame)
-            event = LogEvent(_now(), identifier, value, metadata or {}, location)
+            event = LogEvent(_now(), identifier, value, metadata, location)
             if self._context is not None:
                 event.context = self._context  # not a field: see event.py
             taken = next(self._seq)
@@ -401,11 +428,13 @@ class MicroMetricLogger(metaclass=_SingletonMeta):
     def _hand_off(self, queue: deque[LogEvent]) -> None:
         """Give the full queue to the writer: a swap and an append, O(1)."""
         with self._lock:
-            if self.log_queue is not queue:
-                return  # another thread handed it off first
+            if self.log_queue is not queue or self._log_path is None:
+                return  # another thread handed it off first, or a reconstruction is under way
+            # Submitted before the swap: an exception in between (Ctrl-C raises anywhere)
+            # leaves the batch both submitted and queued, written either way, never lost.
+            self._pipeline_or_start().submit(queue)
             self.log_queue = _new_queue()
             self.last_flush_time = time.time()
-            self._pipeline_or_start().submit(queue)
 
     def _not_logged(self, identifier: Any) -> None:
         if self._log_path is None:
@@ -636,13 +665,14 @@ class MicroMetricLogger(metaclass=_SingletonMeta):
             return
         with self._lock:
             queue = self.log_queue
-            self.log_queue = _new_queue()
             pipeline = self._pipeline
-            if queue:
+            if queue and self._log_path is not None:
                 # Submitted under the lock, like every swap: batches reach the writer in
                 # the order they were swapped out, so each thread's events stay in order.
+                # Before the swap, as in _hand_off: an exception between the two loses nothing.
                 pipeline = self._pipeline_or_start()
                 pipeline.submit(queue)
+                self.log_queue = _new_queue()
         if pipeline is not None:
             # The writer pops the events from ``queue``: it is empty once this returns.
             pipeline.write_now()
@@ -657,6 +687,19 @@ class MicroMetricLogger(metaclass=_SingletonMeta):
             pipeline, self._pipeline = self._pipeline, None
         if pipeline is not None:
             pipeline.close()
+
+    def _start_over(self) -> None:
+        """Reconstruction of a live logger: write what it queued, then forget its path.
+
+        The lock and the queue stay: threads that hold this logger keep logging into it
+        meanwhile, and what they queue is written once the new path is set.
+        """
+        self.close()
+        with self._lock:  # from here hand-offs keep their queue: none starts a pipeline
+            self._log_path = None
+            stray, self._pipeline = self._pipeline, None
+        if stray is not None:  # started by a hand-off between the close and the lock
+            stray.close()
 
     def __enter__(self) -> MicroMetricLogger:
         """``with otel_sparse.start_run(...) as logger:`` (or ``with MicroMetricLogger(...)``)."""

@@ -26,6 +26,7 @@ import os
 import signal
 import threading
 import weakref
+from collections.abc import Callable
 from types import FrameType
 from typing import Any, Protocol
 
@@ -146,7 +147,18 @@ def _close_all_for_signal() -> None:
 # -- fork and multiprocessing -----------------------------------------------------------------
 
 
+_fork_resets: list[Callable[[], None]] = []
+
+
+def after_fork_in_child(reset: Callable[[], None]) -> None:
+    """Have ``reset()`` run in every forked child before the loggers are told: for module
+    state such as a lock a thread of the parent may have held at the fork."""
+    _fork_resets.append(reset)
+
+
 def _after_fork_in_child() -> None:
+    for reset in _fork_resets:
+        reset()
     for logger in live_loggers():
         logger.after_fork_in_child()
 
