@@ -170,6 +170,29 @@ def capture(value: Any, metadata: Any = None) -> Any:
     return fn(value, metadata)
 
 
+_NESTED = (list, dict)
+
+
+def take_metadata(metadata: Any) -> Any:
+    """The metadata to queue for one ``log()`` call: what it holds now, not later.
+
+    Researchers reuse one dict over layers (``meta["layer_idx"] = l``) and the writer reads
+    it up to a write delay later. A shallow copy of the dict, and of the lists and dicts
+    inside it: what they in turn hold is not copied. Cost: about a dict copy. None (or any
+    empty value) becomes a new empty dict; metadata that is no dict is kept as given (the
+    writer counts it as invalid).
+    """
+    if not metadata:
+        return {}
+    if not isinstance(metadata, dict):
+        return metadata
+    taken = {**metadata} if type(metadata) is dict else metadata.copy()
+    for key, value in taken.items():
+        if isinstance(value, _NESTED):
+            taken[key] = value.copy()
+    return taken
+
+
 def cuda_index(tensor: Any) -> int:
     """The CUDA device index of ``tensor``, -1 for any other device."""
     return int(tensor.get_device()) if tensor.is_cuda else -1

@@ -266,61 +266,11 @@ class Aggregator:
         )
         out: list[Metric] = []
         for name, series in self._metrics.items():
-            spec = series.spec
-            start = self._start_ns
-            kind = spec.kind
-            data: Histogram | ExponentialHistogram | Sum | Gauge
-            if kind is InstrumentKind.HISTOGRAM and series.exponential:
-                epoints: list[ExponentialHistogramDataPoint] = [
-                    st.point(series.attributes[key], start, now_ns)
-                    for key, st in series.states.items()
-                    if isinstance(st, ExponentialHistogramState) and st.count
-                ]
-                if not epoints:
-                    continue
-                data = ExponentialHistogram(data_points=epoints,
-                                            aggregation_temporality=temporality)
-            elif kind is InstrumentKind.HISTOGRAM:
-                hpoints = [
-                    HistogramDataPoint(
-                        attributes=series.attributes[key],
-                        start_time_unix_nano=start,
-                        time_unix_nano=now_ns,
-                        count=st.count,
-                        sum=st.sum,
-                        bucket_counts=list(st.buckets),
-                        explicit_bounds=list(spec.boundaries),
-                        min=st.min,
-                        max=st.max,
-                    )
-                    for key, st in series.states.items()
-                    if isinstance(st, HistogramState) and st.count
-                ]
-                if not hpoints:
-                    continue
-                data = Histogram(data_points=hpoints, aggregation_temporality=temporality)
-            else:
-                npoints = [
-                    NumberDataPoint(
-                        attributes=series.attributes[key],
-                        start_time_unix_nano=start,
-                        time_unix_nano=now_ns,
-                        value=st.value,
-                    )
-                    for key, st in series.states.items()
-                    if isinstance(st, (SumState, GaugeState))
-                ]
-                if not npoints:
-                    continue
-                if kind is InstrumentKind.GAUGE:
-                    data = Gauge(data_points=npoints)
-                else:
-                    data = Sum(
-                        data_points=npoints,
-                        aggregation_temporality=temporality,
-                        is_monotonic=kind is InstrumentKind.COUNTER,
-                    )
-            out.append(Metric(name=name, description=spec.description, unit=spec.unit, data=data))
+            data = _series_data(series, temporality, self._start_ns, now_ns)
+            if data is not None:
+                spec = series.spec
+                out.append(Metric(name=name, description=spec.description, unit=spec.unit,
+                                  data=data))
         if self._delta:
             for series in self._metrics.values():
                 if series.spec.kind is not InstrumentKind.GAUGE:
@@ -329,3 +279,49 @@ class Aggregator:
             self._start_ns = now_ns
             self.generation += 1
         return out
+
+
+def _series_data(
+    series: _MetricSeries, temporality: AggregationTemporality, start: int, now_ns: int
+) -> Histogram | ExponentialHistogram | Sum | Gauge | None:
+    """One metric's OTel data: its points with a value, None when it has none."""
+    spec = series.spec
+    kind = spec.kind
+    if kind is InstrumentKind.HISTOGRAM and series.exponential:
+        epoints: list[ExponentialHistogramDataPoint] = [
+            st.point(series.attributes[key], start, now_ns)
+            for key, st in series.states.items()
+            if isinstance(st, ExponentialHistogramState) and st.count
+        ]
+        return ExponentialHistogram(data_points=epoints, aggregation_temporality=temporality) \
+            if epoints else None
+    if kind is InstrumentKind.HISTOGRAM:
+        hpoints = [
+            HistogramDataPoint(
+                attributes=series.attributes[key],
+                start_time_unix_nano=start,
+                time_unix_nano=now_ns,
+                count=st.count,
+                sum=st.sum,
+                bucket_counts=list(st.buckets),
+                explicit_bounds=list(spec.boundaries),
+                min=st.min,
+                max=st.max,
+            )
+            for key, st in series.states.items()
+            if isinstance(st, HistogramState) and st.count
+        ]
+        return Histogram(data_points=hpoints, aggregation_temporality=temporality) \
+            if hpoints else None
+    npoints = [
+        NumberDataPoint(attributes=series.attributes[key], start_time_unix_nano=start,
+                        time_unix_nano=now_ns, value=st.value)
+        for key, st in series.states.items()
+        if isinstance(st, (SumState, GaugeState))
+    ]
+    if not npoints:
+        return None
+    if kind is InstrumentKind.GAUGE:
+        return Gauge(data_points=npoints)
+    return Sum(data_points=npoints, aggregation_temporality=temporality,
+               is_monotonic=kind is InstrumentKind.COUNTER)

@@ -131,6 +131,55 @@ Default 160 (the OTel SDK default). A series starts at scale 8 and lowers its sc
 enough to fit its range (docs/configuration.md has the table).
 """
 
+# -- standard OTLP exporter variables (each per-signal ``_METRICS_`` form wins) -------------
+
+OTEL_EXPORTER_OTLP_PROTOCOL = "OTEL_EXPORTER_OTLP_PROTOCOL"
+"""``grpc`` or ``http/protobuf`` (the default, as the OTel specification says)."""
+OTEL_EXPORTER_OTLP_METRICS_PROTOCOL = "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL"
+"""``OTEL_EXPORTER_OTLP_PROTOCOL`` for metrics only; read first."""
+OTEL_EXPORTER_OTLP_ENDPOINT = "OTEL_EXPORTER_OTLP_ENDPOINT"
+"""Collector address, ``http(s)://host:port`` (default: the OTLP library's, localhost)."""
+OTEL_EXPORTER_OTLP_METRICS_ENDPOINT = "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT"
+"""``OTEL_EXPORTER_OTLP_ENDPOINT`` for metrics only; read first."""
+OTEL_EXPORTER_OTLP_HEADERS = "OTEL_EXPORTER_OTLP_HEADERS"
+"""``key=value,...`` sent with every export (tokens: never logged)."""
+OTEL_EXPORTER_OTLP_METRICS_HEADERS = "OTEL_EXPORTER_OTLP_METRICS_HEADERS"
+"""``OTEL_EXPORTER_OTLP_HEADERS`` for metrics only; read first."""
+OTEL_EXPORTER_OTLP_CERTIFICATE = "OTEL_EXPORTER_OTLP_CERTIFICATE"
+"""PEM file of the CA that signed the collector's certificate."""
+OTEL_EXPORTER_OTLP_METRICS_CERTIFICATE = "OTEL_EXPORTER_OTLP_METRICS_CERTIFICATE"
+"""``OTEL_EXPORTER_OTLP_CERTIFICATE`` for metrics only; read first."""
+OTEL_EXPORTER_OTLP_CLIENT_KEY = "OTEL_EXPORTER_OTLP_CLIENT_KEY"
+"""PEM file of the client's private key (mutual TLS)."""
+OTEL_EXPORTER_OTLP_METRICS_CLIENT_KEY = "OTEL_EXPORTER_OTLP_METRICS_CLIENT_KEY"
+"""``OTEL_EXPORTER_OTLP_CLIENT_KEY`` for metrics only; read first."""
+OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE = "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE"
+"""PEM file of the client's certificate (mutual TLS)."""
+OTEL_EXPORTER_OTLP_METRICS_CLIENT_CERTIFICATE = "OTEL_EXPORTER_OTLP_METRICS_CLIENT_CERTIFICATE"
+"""``OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE`` for metrics only; read first."""
+
+OTLP_PROTOCOLS = ("grpc", "http/protobuf")
+DEFAULT_OTLP_PROTOCOL = "http/protobuf"
+OTLP_SETTINGS: dict[str, tuple[str, str]] = {
+    "protocol": (OTEL_EXPORTER_OTLP_METRICS_PROTOCOL, OTEL_EXPORTER_OTLP_PROTOCOL),
+    "endpoint": (OTEL_EXPORTER_OTLP_METRICS_ENDPOINT, OTEL_EXPORTER_OTLP_ENDPOINT),
+    "headers": (OTEL_EXPORTER_OTLP_METRICS_HEADERS, OTEL_EXPORTER_OTLP_HEADERS),
+    "certificate": (OTEL_EXPORTER_OTLP_METRICS_CERTIFICATE, OTEL_EXPORTER_OTLP_CERTIFICATE),
+    "client_key": (OTEL_EXPORTER_OTLP_METRICS_CLIENT_KEY, OTEL_EXPORTER_OTLP_CLIENT_KEY),
+    "client_certificate": (OTEL_EXPORTER_OTLP_METRICS_CLIENT_CERTIFICATE,
+                           OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE),
+}
+"""Each OTLP setting's variables, in the order they are read (metrics-only form first)."""
+
+# -- the process, as launchers describe it ---------------------------------------------------
+
+RANK = "RANK"
+"""Set by torchrun (and most launchers): this process's rank. Default 0."""
+WORLD_SIZE = "WORLD_SIZE"
+"""Set by torchrun: the number of ranks. Default 1."""
+LOCAL_RANK = "LOCAL_RANK"
+"""Set by torchrun: the rank on this host. Default 0."""
+
 EXPORTER_NAMES = frozenset({"jsonl", "otlp", "otlp_file", "console", "none"})
 DEFAULT_EXPORTERS = ("jsonl",)
 
@@ -150,6 +199,13 @@ def _first_set(environ: Mapping[str, str], *names: str) -> tuple[str, str] | Non
         if raw:
             return name, raw
     return None
+
+
+def first_set(
+    names: tuple[str, ...], environ: Mapping[str, str] | None = None
+) -> tuple[str, str] | None:
+    """``(name, value)`` of the first of ``names`` set to a non-blank value, stripped."""
+    return _first_set(os.environ if environ is None else environ, *names)
 
 
 def _resolve(
@@ -213,11 +269,97 @@ def _max_buckets(raw: str) -> int:
     return value
 
 
+def _non_negative_int(raw: str) -> int:
+    value = int(raw)
+    if value < 0:
+        raise ValueError("must be an integer >= 0")
+    return value
+
+
 def sigterm_handler_enabled(environ: Mapping[str, str] | None = None) -> bool:
     """Whether ``OTEL_SPARSE_SIGTERM_HANDLER`` allows the SIGTERM handler (default yes)."""
-    env = os.environ if environ is None else environ
-    raw = env.get(OTEL_SPARSE_SIGTERM_HANDLER, "").strip().lower()
-    return raw not in ("false", "0", "no", "off")
+    return _resolve((OTEL_SPARSE_SIGTERM_HANDLER,), _switch, True, environ)
+
+
+_warned_none_run_id = False
+
+
+def named_run_id(environ: Mapping[str, str] | None = None, warn: bool = True) -> str | None:
+    """``OTEL_SPARSE_RUN_ID``, else ``TORCHELASTIC_RUN_ID`` (the same on every torchrun rank),
+    else None. torchrun's placeholder ``none`` (no --rdzv-id, shared by every such job) names
+    nothing; it is warned about once."""
+    global _warned_none_run_id
+    found = first_set((OTEL_SPARSE_RUN_ID,), environ)
+    if found:
+        return found[1]
+    found = first_set((TORCHELASTIC_RUN_ID,), environ)
+    if found is None:
+        return None
+    if found[1] != "none":
+        return found[1]
+    if warn and not _warned_none_run_id:
+        _warned_none_run_id = True
+        _logger.warning(
+            "otel_sparse: TORCHELASTIC_RUN_ID is 'none' (torchrun without --rdzv-id), "
+            "which every such job shares; using a generated run id per process. Set "
+            "OTEL_SPARSE_RUN_ID (same on every rank) to group this job's ranks."
+        )
+    return None
+
+
+def process_rank(environ: Mapping[str, str] | None = None) -> tuple[int, int, int]:
+    """``(RANK, WORLD_SIZE, LOCAL_RANK)``; a value that is no integer >= 0 (>= 1 for the
+    world size) is warned about once and its default applies."""
+    return (
+        _resolve((RANK,), _non_negative_int, 0, environ),
+        _resolve((WORLD_SIZE,), _positive_int, 1, environ),
+        _resolve((LOCAL_RANK,), _non_negative_int, 0, environ),
+    )
+
+
+def otlp_setting(
+    setting: str, argument: str | None = None, environ: Mapping[str, str] | None = None
+) -> tuple[str, str] | None:
+    """One OTLP setting as ``(source, raw value)``: the argument (source ``"argument"``),
+    else the first set of its variables (``OTLP_SETTINGS[setting]``), else None.
+
+    Values are returned unchecked; ``exporters.otlp`` validates them (endpoint, PEM files,
+    header grammar) and raises OtlpConfigError at configuration time.
+    """
+    if argument is not None and argument.strip():
+        return "argument", argument.strip()
+    return first_set(OTLP_SETTINGS[setting], environ)
+
+
+def otlp_protocol(
+    argument: str | None = None, environ: Mapping[str, str] | None = None
+) -> tuple[str, str]:
+    """``(source, protocol)``: argument, then the protocol variables, then ``http/protobuf``
+    (source ``"default"``), lower-cased; not validated (see ``exporters.otlp``)."""
+    found = otlp_setting("protocol", argument, environ)
+    source, raw = found if found else ("default", DEFAULT_OTLP_PROTOCOL)
+    return source, raw.lower()
+
+
+def otlp_endpoint(argument: str | None = None, environ: Mapping[str, str] | None = None
+                  ) -> str | None:
+    """The collector endpoint: argument, then the endpoint variables; None: the library's."""
+    found = otlp_setting("endpoint", argument, environ)
+    return found[1] if found else None
+
+
+def otlp_headers(argument: str | None = None, environ: Mapping[str, str] | None = None
+                 ) -> str | None:
+    """The raw ``key=value,...`` header list: argument, then the header variables, else None."""
+    found = otlp_setting("headers", argument, environ)
+    return found[1] if found else None
+
+
+def sparse_exporters_source(environ: Mapping[str, str] | None = None) -> str:
+    """Which variable chose the exporters (``OTEL_SPARSE_EXPORTERS``, ``OTEL_METRICS_EXPORTER``)
+    or ``"default"``: for the CLI's doctor."""
+    found = first_set((OTEL_SPARSE_EXPORTERS, OTEL_METRICS_EXPORTER), environ)
+    return found[0] if found else "default"
 
 
 def runs_dir(environ: Mapping[str, str] | None = None) -> str:
@@ -267,7 +409,7 @@ class Settings:
                 (OTEL_SPARSE_EXPORTERS, OTEL_METRICS_EXPORTER), parse_exporters,
                 default_exporters, env,
             )
-        namespace = env.get(OTEL_SPARSE_NAMESPACE, "").strip() or cls.namespace
+        namespace = _resolve((OTEL_SPARSE_NAMESPACE,), str, cls.namespace, env)
         return cls(
             namespace=namespace.rstrip("."),
             exporters=exporters,

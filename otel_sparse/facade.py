@@ -18,7 +18,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from types import CodeType, FrameType
 from typing import Any, ClassVar, Protocol
@@ -42,10 +42,16 @@ from otel_sparse._instruments import (
     MetricSpec,
     make_spec,
 )
-from otel_sparse._values import Refusal, capture, captures_by_type
+from otel_sparse._values import Refusal, capture, captures_by_type, take_metadata
 from otel_sparse.config import Settings
 from otel_sparse.event import EventContext, LogEvent
-from otel_sparse.lifecycle import close_quietly, install_sigterm_handler, register
+from otel_sparse.lifecycle import (
+    after_fork_in_child,
+    close_quietly,
+    exiting,
+    install_sigterm_handler,
+    register,
+)
 from otel_sparse.pipeline import DropCounter, Pipeline
 
 _logger = logging.getLogger("otel_sparse")
@@ -63,6 +69,19 @@ _getframe = sys._getframe
 
 def _new_queue() -> deque[LogEvent]:
     return deque(maxlen=QUEUE_MAXLEN)
+
+
+def _new_lock() -> threading.RLock:
+    """The logger's lock. Never taken twice by one thread: an RLock only because it knows
+    its owner in C (``_is_owned()``), with no moment where a signal could find it held by
+    this thread and not yet recorded as such."""
+    return threading.RLock()
+
+
+def _handoff_size(flush_every: Any) -> int:
+    """Queued events that trigger a hand-off: ``flush_every``, but below the queue's maxlen
+    (a deque(maxlen=10000) would drop the oldest events)."""
+    return int(max(1, min(flush_every, QUEUE_MAXLEN - _HANDOFF_HEADROOM)))
 
 
 class OpenRun(Protocol):
@@ -85,7 +104,28 @@ class _SingletonMeta(type):
         instance = cls.__dict__.get("_instance")
         if instance is not None and not args and not kwargs and cls.__dict__["_initialized"]:
             return instance
-        return super().__call__(*args, **kwargs)
+        # One construction at a time: threads calling MicroMetricLogger() while another
+        # (re)builds the singleton wait for it instead of initialising it alongside.
+        with _constructing.lock:
+            instance = cls.__dict__.get("_instance")
+            if instance is not None and not args and not kwargs and cls.__dict__["_initialized"]:
+                return instance
+            return super().__call__(*args, **kwargs)
+
+
+class _ConstructionLock:
+    """The lock of ``_SingletonMeta.__call__``; a forked child gets a new one (the parent's
+    may have been held by a thread that does not exist in the child)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.RLock()
+
+    def after_fork_in_child(self) -> None:
+        self.lock = threading.RLock()
+
+
+_constructing = _ConstructionLock()
+after_fork_in_child(_constructing.after_fork_in_child)
 
 
 class MicroMetricLogger(metaclass=_SingletonMeta):
@@ -154,29 +194,30 @@ class MicroMetricLogger(metaclass=_SingletonMeta):
             if not getattr(self, "_ready", False):
                 type(self)._instance = None  # leave no half-built singleton behind
             raise
-        pipeline: Pipeline | None = getattr(self, "_pipeline", None)
-        if pipeline is not None:  # _initialized was reset on a live instance: start over
-            pipeline.close()
-        self._lock = threading.Lock()
+        if getattr(self, "_ready", False):  # _initialized was reset on a live instance
+            self._start_over()
+        else:
+            self._lock = _new_lock()
+            self._deferred: list[tuple[int, Callable[[], None]]] = []
+            self.log_queue: deque[LogEvent] = _new_queue()
+            self._pipeline: Pipeline | None = None
+            self._log_path: str | None = None
         # Never the global generator: the researcher's random stream stays theirs.
         self._rng = random.Random()
         self._warned: set[tuple[str, Any]] = set()
         self._drops = DropCounter()
         self._locations: dict[CodeType, str] = {}
         self._context: EventContext | None = None
-        self._pipeline: Pipeline | None = None
         self._exporters = ExporterChoice.parse(exporters)
         self._seq = itertools.count()
         self._capped_now = False
         self._is_fork_child = False
         self.flush_every = flush_every
         self.flush_interval = check_interval(flush_interval)
-        self.log_queue: deque[LogEvent] = _new_queue()
         self.enabled_metrics = set()
         self.last_flush_time = time.time()
         self.max_records = max_records
         self.sampling_factor = clamp_sampling(sampling_factor)
-        self._log_path: str | None = None
         self._ready = True
         register(self)
         if log_path is not None:
@@ -343,6 +384,7 @@ class MicroMetricLogger(metaclass=_SingletonMeta):
                 self._drops.add("sampling", identifier,
                                 why=f"sampling_factor={sampling} keeps a random share of events")
                 return
+            metadata = take_metadata(metadata)  # the caller may reuse and change its dict
             tp = type(value)
             if tp is not float and tp is not int and value is not None:
                 # the type's capture function straight from its cache: one call, not two
@@ -356,7 +398,7 @@ class MicroMetricLogger(metaclass=_SingletonMeta):
                 location = self._locations.get(frame.f_code)
                 if location is None:
                     location = self._locate(frame)
-            event = LogEvent(_now(), identifier, value, metadata or {}, location)
+            event = LogEvent(_now(), identifier, value, metadata, location)
             if self._context is not None:
                 event.context = self._context  # not a field: see event.py
             taken = next(self._seq)
@@ -382,8 +424,8 @@ class MicroMetricLogger(metaclass=_SingletonMeta):
             _logger.warning("otel_sparse: flush_every=%r is not a number; using 1000", value)
             value = 1000
         self._flush_every: int = value  # as given: float("inf") and 0 included
-        # The queue is a deque(maxlen=10000): hand over before it could drop anything.
-        self._handoff_at = int(max(1, min(value, QUEUE_MAXLEN - _HANDOFF_HEADROOM)))
+        if self._pipeline is not None or not hasattr(self, "_handoff_at"):
+            self._handoff_at = _handoff_size(value)
 
     def _capped(self, identifier: str) -> bool:
         """True (and counted) once ``max_records`` events were recorded."""
@@ -399,12 +441,55 @@ class MicroMetricLogger(metaclass=_SingletonMeta):
 
     def _hand_off(self, queue: deque[LogEvent]) -> None:
         """Give the full queue to the writer: a swap and an append, O(1)."""
-        with self._lock:
-            if self.log_queue is not queue:
-                return  # another thread handed it off first
-            self.log_queue = _new_queue()
-            self.last_flush_time = time.time()
-            self._pipeline_or_start().submit(queue)
+        if self.defer_if_busy(self._hand_off_now):
+            return  # a handler or finaliser inside our section: handed off when it ends
+        try:
+            with self._lock:
+                if self.log_queue is not queue or self._log_path is None:
+                    return  # another thread handed it off first, or a reconstruction runs
+                # Submitted before the swap: an exception in between (Ctrl-C raises anywhere)
+                # leaves the batch both submitted and queued, written either way, never lost.
+                pipeline = self._pipeline_or_start()
+                pipeline.submit(queue)
+                self.log_queue = _new_queue()
+                self.last_flush_time = time.time()
+            if not pipeline.background:  # interpreter exit: no thread would write it
+                pipeline.write_now()
+        finally:
+            if self._deferred:
+                self._run_deferred()
+
+    def _hand_off_now(self) -> None:
+        queue = self.log_queue
+        if queue:
+            self._hand_off(queue)
+
+    def defer_if_busy(self, call: Callable[[], None]) -> bool:
+        """Lifecycle protocol: True, and ``call`` runs when the section ends, if this thread is
+        inside this logger's locked section.
+
+        Signal handlers run on the main thread between two bytecodes, and ``__del__`` and
+        finalisers on whichever thread the garbage collector interrupts: possibly one holding
+        the lock. Waiting for it there would wait forever, so the call is put off until the
+        section ends, on the same thread (``_run_deferred`` in a ``finally``).
+        """
+        if not self._lock._is_owned():  # type: ignore[attr-defined]
+            return False
+        entry = (threading.get_ident(), call)
+        if entry not in self._deferred:
+            self._deferred.append(entry)
+        return True
+
+    def _run_deferred(self) -> None:
+        """Run the calls this thread put off while it held the lock (now released)."""
+        me = threading.get_ident()
+        while not self._lock._is_owned():  # type: ignore[attr-defined]
+            mine = next((entry for entry in self._deferred if entry[0] == me), None)
+            if mine is None:
+                return
+            with contextlib.suppress(ValueError):  # another thread's finally took it
+                self._deferred.remove(mine)
+            mine[1]()
 
     def _not_logged(self, identifier: Any) -> None:
         if self._log_path is None:
@@ -629,33 +714,73 @@ class MicroMetricLogger(metaclass=_SingletonMeta):
     # -- flushing ------------------------------------------------------------------------
 
     def flush(self) -> None:
-        """Write every queued event now (synchronously) and export the local metric files."""
+        """Write every queued event now (synchronously) and export the local metric files.
+
+        From a signal handler or finaliser that interrupted this logger's locked section on
+        the same thread, returns at once: the flush runs when that section ends.
+        """
+        if self.defer_if_busy(self.flush):
+            return
+        try:
+            self._flush()
+        finally:
+            if self._deferred:
+                self._run_deferred()
+
+    def _flush(self) -> None:
         self.last_flush_time = time.time()
         if self._log_path is None:
             return
         with self._lock:
             queue = self.log_queue
-            self.log_queue = _new_queue()
             pipeline = self._pipeline
-            if queue:
+            if queue and self._log_path is not None:
                 # Submitted under the lock, like every swap: batches reach the writer in
                 # the order they were swapped out, so each thread's events stay in order.
+                # Before the swap, as in _hand_off: an exception between the two loses nothing.
                 pipeline = self._pipeline_or_start()
                 pipeline.submit(queue)
+                self.log_queue = _new_queue()
         if pipeline is not None:
             # The writer pops the events from ``queue``: it is empty once this returns.
             pipeline.write_now()
 
     def close(self) -> None:
-        """Flush, export a last time and stop the background threads (restart on next use)."""
+        """Flush, export a last time and stop the background threads.
+
+        The next ``log()`` starts them again (at interpreter exit, it writes synchronously):
+        events logged after a close are written within the write delay, as before it. From a
+        signal handler or finaliser inside this logger's locked section, the close runs when
+        that section ends.
+        """
         if not getattr(self, "_ready", False):
             return
-        if self._log_path is not None:
-            self.flush()
-        with self._lock:  # detached first: no other thread hands a batch to a closing pipeline
-            pipeline, self._pipeline = self._pipeline, None
-        if pipeline is not None:
-            pipeline.close()
+        if self.defer_if_busy(self.close):
+            return
+        try:
+            if self._log_path is not None:
+                self._flush()
+            with self._lock:  # detached first: no thread hands a batch to a closing pipeline
+                pipeline, self._pipeline = self._pipeline, None
+                self._handoff_at = 1  # the next log() hands off, and so starts a writer
+            if pipeline is not None:
+                pipeline.close()
+        finally:
+            if self._deferred:
+                self._run_deferred()
+
+    def _start_over(self) -> None:
+        """Reconstruction of a live logger: write what it queued, then forget its path.
+
+        The lock and the queue stay: threads that hold this logger keep logging into it
+        meanwhile, and what they queue is written once the new path is set.
+        """
+        self.close()
+        with self._lock:  # from here hand-offs keep their queue: none starts a pipeline
+            self._log_path = None
+            stray, self._pipeline = self._pipeline, None
+        if stray is not None:  # started by a hand-off between the close and the lock
+            stray.close()
 
     def __enter__(self) -> MicroMetricLogger:
         """``with otel_sparse.start_run(...) as logger:`` (or ``with MicroMetricLogger(...)``)."""
@@ -690,8 +815,12 @@ class MicroMetricLogger(metaclass=_SingletonMeta):
             settings = Settings.from_env(exporters=choice.names if choice else None)
             pipeline = Pipeline(self, self._log_path, settings, self._drops,
                                 is_fork_child=self._is_fork_child,
-                                extra_exporters=choice.instances if choice else ())
+                                extra_exporters=choice.instances if choice else (),
+                                background=not exiting())
             self._pipeline = pipeline
+            # After a close the hand-off size was 1 (to get here); at exit it stays 1:
+            # with no writer thread, every event is written as it comes.
+            self._handoff_at = _handoff_size(self._flush_every) if pipeline.background else 1
             self._sync_specs()
         return pipeline
 
@@ -703,6 +832,8 @@ class MicroMetricLogger(metaclass=_SingletonMeta):
         batch swapped out here and submitted later could reach the writer after a newer one.
         """
         max_age_s = min(max_age_s, self.flush_interval)
+        if self._deferred:
+            self._run_deferred()
         with self._lock:
             queue = self.log_queue
             if not queue or (_now() - queue[0].timestamp).total_seconds() < max_age_s:
@@ -717,7 +848,8 @@ class MicroMetricLogger(metaclass=_SingletonMeta):
     def after_fork_in_child(self) -> None:
         """Lifecycle protocol: a forked child (DataLoader worker) starts clean; the parent
         writes its own events."""
-        self._lock = threading.Lock()
+        self._lock = _new_lock()
+        self._deferred = []
         self._rng = random.Random()
         self._drops = DropCounter()
         self._is_fork_child = True

@@ -56,6 +56,8 @@ class SeriesBook:
         """Identifier -> spec for every metric ever enabled on this logger."""
         self.names: dict[str, str] = {}
         """Identifier -> instrument name."""
+        self._name_owners: dict[str, str] = {}
+        """Instrument name -> the identifier exported under it: one lookup per new name."""
         self.logged: Counter[str] = Counter()
         """Events written per identifier (``otel_sparse.events.logged``)."""
         self._column_keys: dict[tuple[AttributeKey, tuple[int, ...]], list[AttributeKey]] = {}
@@ -63,14 +65,16 @@ class SeriesBook:
     def enable(self, spec: MetricSpec) -> None:
         """Make ``spec`` the way its identifier is exported from now on."""
         self.specs[spec.identifier] = spec
-        self.names[spec.identifier] = self._unique_name(spec.identifier)
+        name = self._unique_name(spec.identifier)
+        self.names[spec.identifier] = name
+        self._name_owners.setdefault(name, spec.identifier)
 
     def _unique_name(self, identifier: str) -> str:
         """The instrument name of ``identifier``, with a short digest appended when another
         identifier already has that name (``"密度"`` and ``"注意"`` both clean to ``"__"``)."""
         name = instrument_name(self.namespace, identifier)
-        other = next((i for i, n in self.names.items() if n == name and i != identifier), None)
-        if other is None:
+        other = self._name_owners.get(name, identifier)
+        if other == identifier:
             return name
         try:
             text = repr(identifier)

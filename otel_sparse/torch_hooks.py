@@ -371,7 +371,9 @@ def _register(metrics: Sequence[str], logger: MicroMetricLogger | None) -> None:
         )
     target = logger if logger is not None else MicroMetricLogger._instance
     if new and target is not None and target.is_logging_configured():
-        target.enable_metrics(target.get_enabled_metrics() | set(new))
+        missing = set(new) - target.get_enabled_metrics()
+        if missing:  # under "all" there are none: enabling a set here would end "all"
+            target.enable_metrics(target.get_enabled_metrics() | missing)
 
 
 def instrument_attention(

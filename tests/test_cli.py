@@ -471,6 +471,23 @@ class TestDoctor:
         assert "problems" in result.stdout
         assert "OTEL_SPARSE_EXPORT_INTERVAL" in result.stdout
 
+    def test_diagnose_returns_the_findings(self, clean: None,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+        """The gathering half: settings rows, masked environment, problems, endpoint state."""
+        from otel_sparse.cli.doctor import diagnose
+
+        port = free_port()
+        monkeypatch.setenv("OTEL_SPARSE_EXPORTERS", "jsonl,otlp")
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", f"http://127.0.0.1:{port}")
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_HEADERS", "authorization=Bearer%20s3cr3t")
+        found = diagnose(timeout=0.5)
+        settings = dict(found.settings)
+        assert settings["exporters"].startswith("jsonl, otlp  (from OTEL_SPARSE_EXPORTERS)")
+        assert settings["otlp endpoint"].startswith(f"http://127.0.0.1:{port} (http/protobuf)")
+        assert found.otlp_enabled and not found.otlp_reachable
+        assert ("OTEL_EXPORTER_OTLP_HEADERS", "authorization=***") in found.environment
+        assert [p for p in found.problems if "unreachable" in p and str(port) in p]
+
     def test_mask_env_value(self) -> None:
         """Header values and secret-looking variables are masked."""
         assert mask_env_value("OTEL_EXPORTER_OTLP_METRICS_HEADERS", "a=1,b=2") == "a=***,b=***"

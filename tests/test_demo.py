@@ -124,8 +124,10 @@ def test_cli_demo_prints_files_and_summary(
     assert DENSITY in out and OUTPUT_ERROR in out
     assert f"otel_sparse_runs/demo-{backend}" in out
     assert "micro_metrics.jsonl" in out and "metrics.jsonl" in out
-    summary_lines = [line for line in out.splitlines() if line.startswith("│ research_")]
-    counts = {line.split("│")[1].strip(): line.split("│")[9].strip() for line in summary_lines}
+    lines = out.splitlines()
+    # one table per metric: its name, the header, a rule, one row (events ... OTel count)
+    counts = {lines[i - 2].strip(): lines[i + 1].split()[-1] for i, line in enumerate(lines)
+              if line.startswith("─") and lines[i - 1].split()[0] == "events"}
     assert counts == {DENSITY: str(STEPS * LAYERS * HEADS), OUTPUT_ERROR: str(STEPS * LAYERS * HEADS)}
 
 
@@ -234,3 +236,15 @@ def test_device_cuda_without_cuda_is_a_usage_error(clean: None) -> None:
     (line,) = result.stderr.strip().splitlines()
     assert line.startswith("error: --device cuda: CUDA is not available here")
     assert "Traceback" not in result.output
+
+
+def test_cli_demo_tables_readable_at_80_columns(tmp_path: Path, clean: None) -> None:
+    """In an 80-column terminal the demo's tables show whole metric names and numbers."""
+    result = CliRunner().invoke(app, ["demo", *SMALL, "--backend", "numpy", "--run-dir",
+                                      str(tmp_path / "run"), "--no-heatmap"],
+                                env={"COLUMNS": "80"})
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    tables = lines[:lines.index("Next:")]
+    assert all(len(line) <= 80 and "…" not in line for line in tables), "\n".join(tables)
+    assert any(line.strip() == OUTPUT_ERROR for line in tables)

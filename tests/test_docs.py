@@ -143,3 +143,11 @@ def test_doc_blocks_run(doc: Path, tmp_path: Path, demo_runs: Path) -> None:
                           capture_output=True, text=True, timeout=480, check=False)
     assert done.returncode == 0, f"{done.stdout[-6000:]}\n{done.stderr[-6000:]}"
     assert done.stdout.rstrip().endswith("--- all blocks ran")
+
+
+def test_torch_floor_in_docs_is_the_package_floor() -> None:
+    """docs/torch.md states the torch version pyproject's ``torch`` extra requires."""
+    floor = re.search(r'torch = \["torch>=([\d.]+)"\]', (REPO / "pyproject.toml").read_text())
+    assert floor is not None
+    stated = re.search(r"needs torch\s+([\d.]+)\s+or newer", (REPO / "docs" / "torch.md").read_text())
+    assert stated is not None and stated.group(1) == floor.group(1)

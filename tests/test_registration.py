@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Callable
 from pathlib import Path
+from types import FrameType
+from typing import Any
 
 import pytest
 
@@ -146,6 +150,46 @@ class TestNames:
     def test_invalid_characters_are_replaced(self, identifier: str, expected: str) -> None:
         """Characters OTel names do not allow become underscores."""
         assert instrument_name("ns", identifier) == expected
+
+
+def _lines_run(call: Callable[[], object]) -> int:
+    """Python lines executed by ``call()`` on this thread: an operation count, not a time."""
+    count = 0
+
+    def tracer(frame: FrameType, event: str, arg: object) -> Any:
+        nonlocal count
+        if event == "line":
+            count += 1
+        return tracer
+
+    sys.settrace(tracer)
+    try:
+        call()
+    finally:
+        sys.settrace(None)
+    return count
+
+
+class TestScale:
+    """Set-up work grows linearly with the number of identifiers (issue 11, item 8)."""
+
+    def test_enable_all_is_linear_in_the_identifiers(
+        self, fresh_logger: type[MicroMetricLogger], tmp_path: Path
+    ) -> None:
+        """Twice the identifiers (one per layer and head): enable_metrics("all") runs at most
+        about twice the lines. A scan of every name per new name made it four times."""
+        counts = []
+        for n in (150, 300):
+            for i in range(n):
+                fresh_logger.register_metric(f"density_l{i // 16}_h{i % 16}", float)
+            logger = fresh_logger(log_path=str(tmp_path / str(n)), enabled_metrics="all",
+                                  exporters=["jsonl"])
+            counts.append(_lines_run(lambda lg=logger: lg.enable_metrics("all")))
+            assert len(logger.get_enabled_metrics()) == n
+            logger.close()
+            fresh_logger._instance = None
+            fresh_logger._initialized = False
+        assert counts[1] < 2.5 * counts[0], counts
 
 
 class TestEnabledAll:

@@ -272,6 +272,14 @@ class TestRegistration:
         assert logger.get_total_records_logged() == 0
 
 
+    def test_all_stays_all_after_instrumenting(self, logger: MicroMetricLogger) -> None:
+        """Under enabled_metrics="all", a metric registered after instrument_attention is on."""
+        instrument_attention(Stack(1), logger)
+        MicroMetricLogger.register_metric("registered_later", float)
+        assert logger.is_metric_enabled(DENSITY)
+        assert logger.is_metric_enabled("registered_later")
+
+
 class TestValues:
     """Exact per-head values, logged as [heads] tensors with only the layer in metadata."""
 

@@ -69,15 +69,8 @@ def metrics_rows(
         for sm in rm.scope_metrics:
             for metric in sm.metrics:
                 data = metric.data
-                kind: str
-                if isinstance(data, (Histogram, ExponentialHistogram)):
-                    kind = "histogram"
-                elif isinstance(data, Sum):
-                    kind = "counter" if data.is_monotonic else "up_down_counter"
-                elif isinstance(data, Gauge):
-                    kind = "gauge"
-                else:
-                    _warn_unknown(metric.name, data)  # type: ignore[unreachable]
+                kind = _kind(metric.name, data)
+                if kind is None:
                     continue
                 temporality = (
                     "none" if isinstance(data, Gauge)
@@ -105,40 +98,44 @@ def metrics_rows(
                         "layer": attrs.pop("layer", None),
                         "head": attrs.pop("head", None),
                     }
-                    if isinstance(point, HistogramDataPoint):
-                        row.update(
-                            count=point.count,
-                            sum=point.sum,
-                            min=point.min,
-                            max=point.max,
-                            bucket_bounds=list(point.explicit_bounds),
-                            bucket_counts=list(point.bucket_counts),
-                            value=None,
-                        )
-                    elif isinstance(point, ExponentialHistogramDataPoint):
-                        bounds, counts = flat_buckets(point.scale, point.zero_count,
-                                                      point.positive, point.negative)
-                        row.update(
-                            count=point.count,
-                            sum=point.sum,
-                            min=point.min,
-                            max=point.max,
-                            bucket_bounds=bounds,
-                            bucket_counts=counts,
-                            value=None,
-                        )
-                        row.update(zip(EXPONENTIAL_COLUMNS, (
-                            point.scale, point.zero_count,
-                            point.positive.offset, list(point.positive.bucket_counts),
-                            point.negative.offset, list(point.negative.bucket_counts),
-                        )))
-                    else:
-                        row.update(count=None, sum=None, min=None, max=None,
-                                   bucket_bounds=None, bucket_counts=None, value=point.value)
+                    row.update(_value_columns(point))
                     row["attributes"] = attrs
                     row.update(resource)
                     rows.append(row)
     return rows
+
+
+def _kind(name: str, data: Any) -> str | None:
+    """The ``type`` column of a metric's data; None (warned once) for an unknown kind."""
+    if isinstance(data, (Histogram, ExponentialHistogram)):
+        return "histogram"
+    if isinstance(data, Sum):
+        return "counter" if data.is_monotonic else "up_down_counter"
+    if isinstance(data, Gauge):
+        return "gauge"
+    _warn_unknown(name, data)
+    return None
+
+
+def _value_columns(point: Any) -> dict[str, Any]:
+    """count/sum/min/max/buckets of a histogram point, or the value of a number point."""
+    if isinstance(point, HistogramDataPoint):
+        return dict(count=point.count, sum=point.sum, min=point.min, max=point.max,
+                    bucket_bounds=list(point.explicit_bounds),
+                    bucket_counts=list(point.bucket_counts), value=None)
+    if isinstance(point, ExponentialHistogramDataPoint):
+        bounds, counts = flat_buckets(point.scale, point.zero_count,
+                                      point.positive, point.negative)
+        columns = dict(count=point.count, sum=point.sum, min=point.min, max=point.max,
+                       bucket_bounds=bounds, bucket_counts=counts, value=None)
+        columns.update(zip(EXPONENTIAL_COLUMNS, (
+            point.scale, point.zero_count,
+            point.positive.offset, list(point.positive.bucket_counts),
+            point.negative.offset, list(point.negative.bucket_counts),
+        )))
+        return columns
+    return dict(count=None, sum=None, min=None, max=None, bucket_bounds=None,
+                bucket_counts=None, value=point.value)
 
 
 def _warn_unknown(name: str, data: Any) -> None:
