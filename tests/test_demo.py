@@ -240,7 +240,7 @@ def test_device_cuda_without_cuda_is_a_usage_error(clean: None) -> None:
 
 def test_cli_demo_tables_readable_at_80_columns(tmp_path: Path, clean: None) -> None:
     """In an 80-column terminal the demo's tables show whole metric names and numbers."""
-    result = CliRunner().invoke(app, ["demo", *SMALL, "--backend", "numpy", "--run-dir",
+    result = cli_runner().invoke(app, ["demo", *SMALL, "--backend", "numpy", "--run-dir",
                                       str(tmp_path / "run"), "--no-heatmap"],
                                 env={"COLUMNS": "80"})
     assert result.exit_code == 0, result.output
