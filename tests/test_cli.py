@@ -18,12 +18,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
-from typer.testing import CliRunner
 
 import otel_sparse
 from otel_sparse import MicroMetricLogger
 from otel_sparse.analysis import count_data_points, parse_otlp_line
 from otel_sparse.cli import app, mask_env_value, parse_headers, resolve_endpoint
+from tests._helpers import cli_runner
 
 DENSITY = "research_attention_density"
 STEPS, LAYERS, HEADS = 4, 3, 4
@@ -68,7 +68,7 @@ def known_run(tmp_path: Path, clean: None, monkeypatch: pytest.MonkeyPatch) -> P
 
 def invoke(*args: str, env: dict[str, str] | None = None) -> Any:
     """Run one command in-process."""
-    return CliRunner().invoke(app, list(args), env=env)
+    return cli_runner().invoke(app, list(args), env=env)
 
 
 def titled_tables(output: str) -> dict[str, list[list[str]]]:
@@ -378,7 +378,7 @@ class TestReplay:
         expected = requests_from_file(known_run)
         assert [path for path, _, _ in received] == ["/v1/metrics"] * len(expected)
         assert {team for _, _, team in received} == {"sparse"}
-        for (_, body, _), want in zip(received, expected, strict=True):
+        for (_, body, _), want in zip(received, expected):  # same length: asserted above
             got = ExportMetricsServiceRequest()
             got.ParseFromString(body)
             assert got == want
@@ -470,6 +470,23 @@ class TestDoctor:
         assert result.exit_code == 1, result.output
         assert "problems" in result.stdout
         assert "OTEL_SPARSE_EXPORT_INTERVAL" in result.stdout
+
+    def test_diagnose_returns_the_findings(self, clean: None,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+        """The gathering half: settings rows, masked environment, problems, endpoint state."""
+        from otel_sparse.cli.doctor import diagnose
+
+        port = free_port()
+        monkeypatch.setenv("OTEL_SPARSE_EXPORTERS", "jsonl,otlp")
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", f"http://127.0.0.1:{port}")
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_HEADERS", "authorization=Bearer%20s3cr3t")
+        found = diagnose(timeout=0.5)
+        settings = dict(found.settings)
+        assert settings["exporters"].startswith("jsonl, otlp  (from OTEL_SPARSE_EXPORTERS)")
+        assert settings["otlp endpoint"].startswith(f"http://127.0.0.1:{port} (http/protobuf)")
+        assert found.otlp_enabled and not found.otlp_reachable
+        assert ("OTEL_EXPORTER_OTLP_HEADERS", "authorization=***") in found.environment
+        assert [p for p in found.problems if "unreachable" in p and str(port) in p]
 
     def test_mask_env_value(self) -> None:
         """Header values and secret-looking variables are masked."""
