@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from otel_sparse._compat import zip_strict
 from otel_sparse._cuda import (
     READY,
     GpuTime,
@@ -284,7 +285,7 @@ class HostValues:
                 for i in indices:
                     self.errors[i] = f"{type(exc).__name__}: {exc}"
                 continue
-            for row, i in zip(stacked, indices, strict=True):
+            for row, i in zip_strict(stacked, indices):
                 self._arrays[i] = np.asarray(row)  # 0-d rows come out as numpy scalars
         self._pending = []
         return self._arrays

@@ -18,12 +18,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
-from typer.testing import CliRunner
 
 import otel_sparse
 from otel_sparse import MicroMetricLogger
 from otel_sparse.analysis import count_data_points, parse_otlp_line
 from otel_sparse.cli import app, mask_env_value, parse_headers, resolve_endpoint
+from tests._helpers import cli_runner
 
 DENSITY = "research_attention_density"
 STEPS, LAYERS, HEADS = 4, 3, 4
@@ -68,7 +68,7 @@ def known_run(tmp_path: Path, clean: None, monkeypatch: pytest.MonkeyPatch) -> P
 
 def invoke(*args: str, env: dict[str, str] | None = None) -> Any:
     """Run one command in-process."""
-    return CliRunner().invoke(app, list(args), env=env)
+    return cli_runner().invoke(app, list(args), env=env)
 
 
 def titled_tables(output: str) -> dict[str, list[list[str]]]:
@@ -378,7 +378,7 @@ class TestReplay:
         expected = requests_from_file(known_run)
         assert [path for path, _, _ in received] == ["/v1/metrics"] * len(expected)
         assert {team for _, _, team in received} == {"sparse"}
-        for (_, body, _), want in zip(received, expected, strict=True):
+        for (_, body, _), want in zip(received, expected):  # same length: asserted above
             got = ExportMetricsServiceRequest()
             got.ParseFromString(body)
             assert got == want
