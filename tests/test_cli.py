@@ -559,7 +559,7 @@ class TestWhereBy:
         assert_fits_80(result.stdout)
         tables = titled_tables(result.stdout)
         assert list(tables) == [f"k={k}: {_sweep.DENSITY}" for k in (8, 16, 32)]
-        layer, count, mean = tables[f"k=16: {_sweep.DENSITY}"][2][:3]
+        layer, _count, mean = tables[f"k=16: {_sweep.DENSITY}"][2][:3]
         assert float(mean) == pytest.approx(
             _sweep.values(_sweep.density, 16, layer=int(layer)).mean(), rel=1e-5)
 

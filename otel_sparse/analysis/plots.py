@@ -212,7 +212,7 @@ def layer_head_panels(
     panels: dict[str, pd.DataFrame] = {}
     errors: list[str] = []
     for run in data.run_ids:
-        rows = events[events["run"] == run]
+        rows: pd.DataFrame = events.loc[events["run"] == run]
         groups: list[tuple[str, pd.DataFrame]] = [(labels[run], rows)]
         if key is not None:
             prefix = f"{labels[run]} " if len(data.run_ids) > 1 else ""
