@@ -716,10 +716,16 @@ class TestFlags:
         assert invoke("summary", str(known_run), "--by-head").exit_code == 0
 
     def test_help_shows_no_value_for_flags(self) -> None:
+        """No flag is shown taking a value; bracketed variable names survive (no markup)."""
         for command in ("summary", "compare"):
             result = invoke(command, "--help", env={"COLUMNS": "120"})
             line = next(li for li in result.stdout.splitlines() if "--by-head" in li)
             assert "<bool>" not in line and "BOOLEAN" not in line, line
+        for args in (["--help"], ["tail", "--help"], ["demo", "--help"]):
+            out = invoke(*args, env={"COLUMNS": "120"}).stdout
+            assert "<bool>" not in out and "BOOLEAN" not in out, out
+        out = invoke("replay", "--help", env={"COLUMNS": "200"}).stdout
+        assert "OTEL_EXPORTER_OTLP_[METRICS_]ENDPOINT" in out
 
 
 @pytest.fixture(autouse=True)
