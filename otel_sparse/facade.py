@@ -18,7 +18,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from types import CodeType, FrameType
 from typing import Any, ClassVar, Protocol
@@ -34,6 +34,7 @@ from otel_sparse._arguments import (
     hashable,
     stable_order,
 )
+from otel_sparse._callsite import location as callsite_location
 from otel_sparse._cuda import CudaTimer, timer_device
 from otel_sparse._instruments import (
     DEFAULT_TIMER_BOUNDARIES,
@@ -47,6 +48,7 @@ from otel_sparse.event import EventContext, LogEvent
 from otel_sparse.lifecycle import (
     after_fork_in_child,
     close_quietly,
+    exiting,
     install_sigterm_handler,
     register,
 )
@@ -67,6 +69,19 @@ _getframe = sys._getframe
 
 def _new_queue() -> deque[LogEvent]:
     return deque(maxlen=QUEUE_MAXLEN)
+
+
+def _new_lock() -> threading.RLock:
+    """The logger's lock. Never taken twice by one thread: an RLock only because it knows
+    its owner in C (``_is_owned()``), with no moment where a signal could find it held by
+    this thread and not yet recorded as such."""
+    return threading.RLock()
+
+
+def _handoff_size(flush_every: Any) -> int:
+    """Queued events that trigger a hand-off: ``flush_every``, but below the queue's maxlen
+    (a deque(maxlen=10000) would drop the oldest events)."""
+    return int(max(1, min(flush_every, QUEUE_MAXLEN - _HANDOFF_HEADROOM)))
 
 
 class OpenRun(Protocol):
@@ -182,7 +197,8 @@ class MicroMetricLogger(metaclass=_SingletonMeta):
         if getattr(self, "_ready", False):  # _initialized was reset on a live instance
             self._start_over()
         else:
-            self._lock = threading.Lock()
+            self._lock = _new_lock()
+            self._deferred: list[tuple[int, Callable[[], None]]] = []
             self.log_queue: deque[LogEvent] = _new_queue()
             self._pipeline: Pipeline | None = None
             self._log_path: str | None = None
@@ -408,8 +424,8 @@ class MicroMetricLogger(metaclass=_SingletonMeta):
             _logger.warning("otel_sparse: flush_every=%r is not a number; using 1000", value)
             value = 1000
         self._flush_every: int = value  # as given: float("inf") and 0 included
-        # The queue is a deque(maxlen=10000): hand over before it could drop anything.
-        self._handoff_at = int(max(1, min(value, QUEUE_MAXLEN - _HANDOFF_HEADROOM)))
+        if self._pipeline is not None or not hasattr(self, "_handoff_at"):
+            self._handoff_at = _handoff_size(value)
 
     def _capped(self, identifier: str) -> bool:
         """True (and counted) once ``max_records`` events were recorded."""
@@ -419,22 +435,61 @@ class MicroMetricLogger(metaclass=_SingletonMeta):
         return True
 
     def _locate(self, frame: FrameType) -> str:
-        code = frame.f_code
-        module = frame.f_globals.get("__name__", "unknown")
-        location = f"{module}.{code.co_qualname}"
-        self._locations[code] = location
-        return location
+        """The caller's location string (otel_sparse/_callsite.py), cached per call site."""
+        found = self._locations[frame.f_code] = callsite_location(frame)
+        return found
 
     def _hand_off(self, queue: deque[LogEvent]) -> None:
         """Give the full queue to the writer: a swap and an append, O(1)."""
-        with self._lock:
-            if self.log_queue is not queue or self._log_path is None:
-                return  # another thread handed it off first, or a reconstruction is under way
-            # Submitted before the swap: an exception in between (Ctrl-C raises anywhere)
-            # leaves the batch both submitted and queued, written either way, never lost.
-            self._pipeline_or_start().submit(queue)
-            self.log_queue = _new_queue()
-            self.last_flush_time = time.time()
+        if self.defer_if_busy(self._hand_off_now):
+            return  # a handler or finaliser inside our section: handed off when it ends
+        try:
+            with self._lock:
+                if self.log_queue is not queue or self._log_path is None:
+                    return  # another thread handed it off first, or a reconstruction runs
+                # Submitted before the swap: an exception in between (Ctrl-C raises anywhere)
+                # leaves the batch both submitted and queued, written either way, never lost.
+                pipeline = self._pipeline_or_start()
+                pipeline.submit(queue)
+                self.log_queue = _new_queue()
+                self.last_flush_time = time.time()
+            if not pipeline.background:  # interpreter exit: no thread would write it
+                pipeline.write_now()
+        finally:
+            if self._deferred:
+                self._run_deferred()
+
+    def _hand_off_now(self) -> None:
+        queue = self.log_queue
+        if queue:
+            self._hand_off(queue)
+
+    def defer_if_busy(self, call: Callable[[], None]) -> bool:
+        """Lifecycle protocol: True, and ``call`` runs when the section ends, if this thread is
+        inside this logger's locked section.
+
+        Signal handlers run on the main thread between two bytecodes, and ``__del__`` and
+        finalisers on whichever thread the garbage collector interrupts: possibly one holding
+        the lock. Waiting for it there would wait forever, so the call is put off until the
+        section ends, on the same thread (``_run_deferred`` in a ``finally``).
+        """
+        if not self._lock._is_owned():  # type: ignore[attr-defined]
+            return False
+        entry = (threading.get_ident(), call)
+        if entry not in self._deferred:
+            self._deferred.append(entry)
+        return True
+
+    def _run_deferred(self) -> None:
+        """Run the calls this thread put off while it held the lock (now released)."""
+        me = threading.get_ident()
+        while not self._lock._is_owned():  # type: ignore[attr-defined]
+            mine = next((entry for entry in self._deferred if entry[0] == me), None)
+            if mine is None:
+                return
+            with contextlib.suppress(ValueError):  # another thread's finally took it
+                self._deferred.remove(mine)
+            mine[1]()
 
     def _not_logged(self, identifier: Any) -> None:
         if self._log_path is None:
@@ -659,7 +714,20 @@ class MicroMetricLogger(metaclass=_SingletonMeta):
     # -- flushing ------------------------------------------------------------------------
 
     def flush(self) -> None:
-        """Write every queued event now (synchronously) and export the local metric files."""
+        """Write every queued event now (synchronously) and export the local metric files.
+
+        From a signal handler or finaliser that interrupted this logger's locked section on
+        the same thread, returns at once: the flush runs when that section ends.
+        """
+        if self.defer_if_busy(self.flush):
+            return
+        try:
+            self._flush()
+        finally:
+            if self._deferred:
+                self._run_deferred()
+
+    def _flush(self) -> None:
         self.last_flush_time = time.time()
         if self._log_path is None:
             return
@@ -678,15 +746,28 @@ class MicroMetricLogger(metaclass=_SingletonMeta):
             pipeline.write_now()
 
     def close(self) -> None:
-        """Flush, export a last time and stop the background threads (restart on next use)."""
+        """Flush, export a last time and stop the background threads.
+
+        The next ``log()`` starts them again (at interpreter exit, it writes synchronously):
+        events logged after a close are written within the write delay, as before it. From a
+        signal handler or finaliser inside this logger's locked section, the close runs when
+        that section ends.
+        """
         if not getattr(self, "_ready", False):
             return
-        if self._log_path is not None:
-            self.flush()
-        with self._lock:  # detached first: no other thread hands a batch to a closing pipeline
-            pipeline, self._pipeline = self._pipeline, None
-        if pipeline is not None:
-            pipeline.close()
+        if self.defer_if_busy(self.close):
+            return
+        try:
+            if self._log_path is not None:
+                self._flush()
+            with self._lock:  # detached first: no thread hands a batch to a closing pipeline
+                pipeline, self._pipeline = self._pipeline, None
+                self._handoff_at = 1  # the next log() hands off, and so starts a writer
+            if pipeline is not None:
+                pipeline.close()
+        finally:
+            if self._deferred:
+                self._run_deferred()
 
     def _start_over(self) -> None:
         """Reconstruction of a live logger: write what it queued, then forget its path.
@@ -734,8 +815,12 @@ class MicroMetricLogger(metaclass=_SingletonMeta):
             settings = Settings.from_env(exporters=choice.names if choice else None)
             pipeline = Pipeline(self, self._log_path, settings, self._drops,
                                 is_fork_child=self._is_fork_child,
-                                extra_exporters=choice.instances if choice else ())
+                                extra_exporters=choice.instances if choice else (),
+                                background=not exiting())
             self._pipeline = pipeline
+            # After a close the hand-off size was 1 (to get here); at exit it stays 1:
+            # with no writer thread, every event is written as it comes.
+            self._handoff_at = _handoff_size(self._flush_every) if pipeline.background else 1
             self._sync_specs()
         return pipeline
 
@@ -747,6 +832,8 @@ class MicroMetricLogger(metaclass=_SingletonMeta):
         batch swapped out here and submitted later could reach the writer after a newer one.
         """
         max_age_s = min(max_age_s, self.flush_interval)
+        if self._deferred:
+            self._run_deferred()
         with self._lock:
             queue = self.log_queue
             if not queue or (_now() - queue[0].timestamp).total_seconds() < max_age_s:
@@ -761,7 +848,8 @@ class MicroMetricLogger(metaclass=_SingletonMeta):
     def after_fork_in_child(self) -> None:
         """Lifecycle protocol: a forked child (DataLoader worker) starts clean; the parent
         writes its own events."""
-        self._lock = threading.Lock()
+        self._lock = _new_lock()
+        self._deferred = []
         self._rng = random.Random()
         self._drops = DropCounter()
         self._is_fork_child = True

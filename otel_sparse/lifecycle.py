@@ -58,6 +58,11 @@ class ManagedLogger(Protocol):
     def close_timeout_s(self) -> float | None:
         """Seconds ``close()`` may spend exporting, or None when nothing is running."""
 
+    def defer_if_busy(self, call: Callable[[], None]) -> bool:
+        """If the current thread is inside the logger's locked section (a signal handler
+        interrupted it), arrange for ``call()`` to run on it when the section ends and return
+        True; else return False."""
+
 
 _live: weakref.WeakSet[Any] = weakref.WeakSet()
 
@@ -80,6 +85,21 @@ def close_all() -> None:
             logger.close()
         except Exception:
             _logger.exception("otel_sparse: final flush failed")
+
+
+_exiting = False
+
+
+def exiting() -> bool:
+    """Whether the exit-time close has begun: threads may no longer start (3.12+) or run
+    to the end, so whatever is logged from now on is written on the caller's thread."""
+    return _exiting
+
+
+def _close_all_at_exit() -> None:
+    global _exiting
+    _exiting = True
+    close_all()
 
 
 def close_quietly(logger: ManagedLogger) -> None:
@@ -117,7 +137,22 @@ def install_sigterm_handler() -> None:
 
 
 def _on_sigterm(signum: int, frame: FrameType | None) -> None:
-    """Close every logger (bounded), then do what the previous handler would have done."""
+    """Close every logger (bounded), then do what the previous handler would have done.
+
+    When the signal interrupted a logger's locked section on this (the main) thread, a
+    close would wait for that section, which cannot end before the handler returns: all of
+    it then runs when the section ends, a few bytecodes later.
+    """
+    def finish() -> None:
+        _finish_sigterm(signum, frame)
+
+    for logger in live_loggers():
+        if logger.defer_if_busy(finish):
+            return
+    _finish_sigterm(signum, frame)
+
+
+def _finish_sigterm(signum: int, frame: FrameType | None) -> None:
     try:
         _close_all_for_signal()
     except Exception:
@@ -174,7 +209,7 @@ class _ForkHook:
 
 
 _FORK_HOOK = _ForkHook()
-atexit.register(close_all)
+atexit.register(_close_all_at_exit)
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
 multiprocessing.util.register_after_fork(_FORK_HOOK, _register_child_exit_flush)

@@ -6,12 +6,13 @@ were written to disk earlier (the ``otlp_file`` exporter), keeping their timesta
 
 from __future__ import annotations
 
-import os
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
+
+from otel_sparse import config
 
 if TYPE_CHECKING:
     from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
@@ -27,19 +28,14 @@ class SendError(Exception):
     """The collector did not take a request (message fit for users)."""
 
 
-def resolve_endpoint(endpoint: str | None, protocol: str, environ: dict[str, str] | None = None
-                     ) -> str:
-    """Where ``replay`` sends: the argument, else OTEL_EXPORTER_OTLP_[METRICS_]ENDPOINT, else
-    localhost. For HTTP the result is the full URL, ``/v1/metrics`` included."""
-    env = os.environ if environ is None else environ
-    per_signal = False
-    if endpoint is None:
-        endpoint = env.get("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", "").strip() or None
-        per_signal = endpoint is not None
-    if endpoint is None:
-        endpoint = env.get("OTEL_EXPORTER_OTLP_ENDPOINT", "").strip() or None
-    if endpoint is None:
-        endpoint = _DEFAULT_ENDPOINTS[protocol]
+def resolve_endpoint(endpoint: str | None, protocol: str,
+                     environ: Mapping[str, str] | None = None) -> str:
+    """Where ``replay`` sends: the argument, else OTEL_EXPORTER_OTLP_[METRICS_]ENDPOINT
+    (``config.otlp_setting``), else localhost. For HTTP the result is the full URL,
+    ``/v1/metrics`` included (a metrics-only endpoint variable is used as is, as OTel says)."""
+    found = config.otlp_setting("endpoint", endpoint, environ)
+    per_signal = found is not None and found[0] == config.OTEL_EXPORTER_OTLP_METRICS_ENDPOINT
+    endpoint = found[1] if found is not None else _DEFAULT_ENDPOINTS[protocol]
     if "://" not in endpoint:
         endpoint = "http://" + endpoint
     if protocol == "http/protobuf" and not per_signal:
@@ -63,13 +59,10 @@ def parse_headers(raw: Sequence[str]) -> dict[str, str]:
     return headers
 
 
-def env_headers() -> list[str]:
-    """OTEL_EXPORTER_OTLP_[METRICS_]HEADERS as one raw item (or none)."""
-    for name in ("OTEL_EXPORTER_OTLP_METRICS_HEADERS", "OTEL_EXPORTER_OTLP_HEADERS"):
-        value = os.environ.get(name, "").strip()
-        if value:
-            return [value]
-    return []
+def env_headers(environ: Mapping[str, str] | None = None) -> list[str]:
+    """OTEL_EXPORTER_OTLP_[METRICS_]HEADERS (``config.otlp_headers``) as one raw item, or none."""
+    raw = config.otlp_headers(None, environ)
+    return [raw] if raw else []
 
 
 class HttpSender:

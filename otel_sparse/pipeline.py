@@ -76,7 +76,8 @@ class DropCounter:
 
     counts: dict[tuple[str, str], int] = field(default_factory=dict)
     _reported: set[str] = field(default_factory=set)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _lock: threading.RLock = field(default_factory=threading.RLock)
+    """Re-entrant: a signal handler that logs a dropped event may interrupt an add()."""
 
     def add(self, reason: str, metric: str, n: int = 1, why: str | None = None) -> None:
         """Count ``n`` drops; the first drop of a reason is reported through logging."""
@@ -239,7 +240,11 @@ class Pipeline:
         is_fork_child: bool = False,
         extra_exporters: Sequence[MetricExporter] = (),
         line_cache: bool | None = None,
+        background: bool = True,
     ) -> None:
+        self.background = background
+        """False at interpreter exit: no writer thread; ``write_now()`` writes and exports
+        the local files on the caller's thread, other exporters are left out (warned)."""
         self._owner_ref: Callable[[], QueueOwner | None] = weakref.ref(owner)
         self.settings = settings
         self.drops = drops
@@ -268,10 +273,14 @@ class Pipeline:
         Events that wait die old: the garbage collector promotes them to its oldest
         generation, and full collections of a process with torch loaded take tens of ms."""
         self._event_file_failing = False
+        self._skipped_remote = False
         self.workers = _workers(settings, log_path, suffix, drops, extra_exporters)
         self._next_export = time.monotonic() + settings.export_interval_s
-        self._thread = threading.Thread(target=self._run, name="otel-sparse-writer", daemon=True)
-        self._thread.start()
+        self._thread: threading.Thread | None = None
+        if background:
+            self._thread = threading.Thread(target=self._run, name="otel-sparse-writer",
+                                            daemon=True)
+            self._thread.start()
 
     @property
     def specs(self) -> dict[str, MetricSpec]:
@@ -313,7 +322,7 @@ class Pipeline:
         """Final write and export; stops the threads. Waits at most the shutdown timeout."""
         self._stop.set()
         self._wake.set()
-        if threading.current_thread() is not self._thread:
+        if self._thread is not None and threading.current_thread() is not self._thread:
             self._thread.join(timeout=self.settings.shutdown_timeout_s)
         with self._write_lock:
             self._drain()
@@ -407,6 +416,16 @@ class Pipeline:
         data = self.collect()
         version = (self._batches_written, sum(self.drops.snapshot().values()),
                    sum(w.failures for w in self.workers))
+        if not self.background:  # no thread may start: the local files, written here
+            for worker in self.workers:
+                if worker.local:
+                    worker.export_now(data)
+                elif not self._skipped_remote:
+                    self._skipped_remote = True
+                    _logger.warning(
+                        "otel_sparse: events logged during interpreter exit are written to the "
+                        "local files only; exporter %s no longer runs", worker.name)
+            return
         for worker in self.workers:
             worker.offer(data, version)
         if wait_local:

@@ -274,7 +274,7 @@ class TestShapesAndPaths:
         otel_sparse.end_run(logger)
         data = read_run(tmp_path / "run")
         grid = data.events[data.events["metric"] == "grid"]
-        assert list(zip(grid["layer"], grid["head"], grid["value"], strict=True)) == [
+        assert list(zip(grid["layer"], grid["head"], grid["value"])) == [  # columns of one frame
             (layer, head, (3 * layer + head) / 8) for layer in range(2) for head in range(3)
         ]
         loss = data.events[data.events["metric"] == "loss"]
@@ -563,3 +563,16 @@ class TestFigures:
         by_layer = metric_over_steps(data, SWEEP_ERROR, by="layer")
         assert len(set(by_layer["line"])) == 3 * _sweep.LAYERS  # per run: no blended lines
         assert "k=16 layer 2" in set(by_layer["line"])
+
+
+def test_over_steps_without_steps_uses_event_time(two_rank_run: tuple[Path, int]) -> None:
+    """A run logged without step() is drawn over event time, said on the x axis."""
+    run_dir, _ = two_rank_run
+    table = metric_over_steps(read_run(run_dir), DENSITY, by="layer")
+    assert table.attrs["x"] == "timestamp"
+    assert str(table["x"].dtype).startswith("datetime64")
+    assert table.groupby("line")["count"].sum().to_dict() == {
+        f"layer {layer}": STEPS * HEADS * 2 for layer in range(LAYERS)}  # two ranks
+    (ax,) = plot_over_steps(table, by="layer").axes
+    assert ax.get_xlabel() == "event time"
+    assert len(ax.get_lines()) == LAYERS

@@ -482,6 +482,7 @@ class TestCudaStreams:
 
     def test_stream_key_matches_public_api(self) -> None:
         """The fast stream id equals torch.cuda.current_stream().stream_id on both kinds."""
+        _cuda.ensure()  # installed by the first tensor log(); none may have run yet
         fast = torch._C._cuda_getCurrentStream
         assert fast(0)[0] == torch.cuda.current_stream(0).stream_id
         side = torch.cuda.Stream()

@@ -99,7 +99,6 @@ class TestSignalHandlerInsideLockedSection:
 
     @pytest.mark.usefixtures("deadlock_alarm")
     @pytest.mark.parametrize("call", ["flush", "close", "log"])
-    @pytest.mark.xfail(strict=True, reason="issue 11 item 1: the handler waits on itself")
     def test_handler_interrupting_a_hand_off_returns_and_everything_is_written(
         self, call: str, fresh_logger: type[MicroMetricLogger], tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch,
@@ -129,7 +128,6 @@ class TestSignalHandlerInsideLockedSection:
         assert _items(tmp_path) == expected
 
     @pytest.mark.usefixtures("deadlock_alarm")
-    @pytest.mark.xfail(strict=True, reason="issue 11 item 1: the handler waits on itself")
     def test_handler_interrupting_a_flush(
         self, fresh_logger: type[MicroMetricLogger], tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch,
@@ -167,7 +165,6 @@ class TestFinalisersInsideLockedSection:
 
     @pytest.mark.usefixtures("deadlock_alarm")
     @pytest.mark.parametrize("call", ["flush", "close"])
-    @pytest.mark.xfail(strict=True, reason="issue 11 item 1: the finaliser waits on itself")
     def test_del_inside_hand_off(
         self, call: str, fresh_logger: type[MicroMetricLogger], tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch,
@@ -184,7 +181,6 @@ class TestFinalisersInsideLockedSection:
         assert sorted(_items(tmp_path)) == [*range(10), 77]
 
     @pytest.mark.usefixtures("deadlock_alarm")
-    @pytest.mark.xfail(strict=True, reason="issue 11 item 1: the finaliser waits on itself")
     def test_weakref_finalize_inside_flush(
         self, fresh_logger: type[MicroMetricLogger], tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch,
@@ -209,7 +205,6 @@ class TestKeyboardInterrupt:
 
     @pytest.mark.usefixtures("deadlock_alarm")
     @pytest.mark.parametrize("where", ["hand-off", "flush"])
-    @pytest.mark.xfail(strict=True, reason="issue 11 item 3: the swapped batch is lost")
     def test_sigint_inside_the_locked_section(
         self, where: str, fresh_logger: type[MicroMetricLogger], tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch,
@@ -232,7 +227,6 @@ class TestKeyboardInterrupt:
 class TestAfterClose:
     """Events logged after a close still reach the file within the write delay (item 3)."""
 
-    @pytest.mark.xfail(strict=True, reason="issue 11 item 3: no writer runs after close")
     def test_events_after_close_are_written_without_a_flush(
         self, fresh_logger: type[MicroMetricLogger], tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch,
@@ -338,7 +332,6 @@ _LOG_AFTER_EXIT = """
 class TestSigtermAndExit:
     """SIGTERM and interpreter exit lose nothing log() accepted (item 3)."""
 
-    @pytest.mark.xfail(strict=True, reason="issue 11 item 3: no writer after the SIGTERM close")
     def test_events_logged_after_sigterm_are_written_before_kill_nine(
         self, tmp_path: Path
     ) -> None:
@@ -357,7 +350,6 @@ class TestSigtermAndExit:
             proc.communicate(timeout=EXIT_LIMIT_S)
         assert [e["metadata"]["i"] for e in _lines(events)] == list(range(236))
 
-    @pytest.mark.xfail(strict=True, reason="issue 11 item 3: the closer waits on the lock")
     def test_sigterm_inside_flush_closes_when_the_section_ends(self, tmp_path: Path) -> None:
         """SIGTERM lands inside flush(): the process still dies of SIGTERM, every event
         written, and no timed-out final flush is reported."""
@@ -369,7 +361,6 @@ class TestSigtermAndExit:
         assert [e["metadata"]["i"] for e in _lines(tmp_path / "micro_metrics.jsonl")] == (
             list(range(40)))
 
-    @pytest.mark.xfail(strict=True, reason="issue 11 item 3: events after the exit close lost")
     def test_events_logged_after_the_exit_close_are_written(self, tmp_path: Path) -> None:
         """atexit hook and weakref.finalize made before the import, and a global's __del__:
         their events reach the event file after the library's exit-time close."""

@@ -12,6 +12,7 @@ import pytest
 
 import otel_sparse
 from otel_sparse import MicroMetricLogger
+from otel_sparse._compat import zip_strict
 from tests._helpers import latest_points, read_jsonl
 
 DENSITY = "research_attention_density"
@@ -34,7 +35,7 @@ class TestRuns:
             folders.append(Path(logger.log_path or ""))
             otel_sparse.end_run()
         assert folders[0] != folders[1] and all(f.parent == tmp_path for f in folders)
-        for folder, k in zip(folders, (8, 16), strict=True):
+        for folder, k in zip_strict(folders, (8, 16)):
             manifest = json.loads((folder / "run.json").read_text())
             assert manifest["params"] == {"k": k}
             assert manifest["run_id"] == folder.name and manifest["end"]

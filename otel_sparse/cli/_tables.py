@@ -36,10 +36,11 @@ def fitted(console: Console, build: Callable[[Callable[[Any], str]], Table]) -> 
     return table if fits(console, table) else build(short)
 
 
-def _new_table(title: str | None) -> Table:
+def _new_table(title: str) -> Table:
+    # min_width: a title (up to 60 characters) wider than the columns stays on one line
     return Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, show_edge=False,
-                 pad_edge=False,
-                 padding=(0, 1))
+                 collapse_padding=True, pad_edge=False, padding=(0, 1),
+                 min_width=min(len(title), 60))
 
 
 def stats_tables(
@@ -65,7 +66,8 @@ def stats_tables(
                 table.add_column(stat, justify="right")
             for record in rows.to_dict("records"):
                 cells = [escape(cell(record[k])) for k in keys]
-                cells += [str(record[s]) if s == "count" else fmt(record[s]) for s in stat_names]
+                cells += [fmt(record[s]) if isinstance(record[s], float) else str(record[s])
+                          for s in stat_names]
                 table.add_row(*cells)
             return table
 
@@ -148,7 +150,8 @@ def _compare_table(
         cells = [escape(cell(k)) for k in row_key]
         for label in labels:
             try:
-                row = wide.loc[(*row_key, label)]
+                where = (*row_key, label)
+                row = wide.loc[where]
             except KeyError:
                 row = None
             names = ["mean", "p50", "p95"] + (["diff_mean"] if label != first else [])

@@ -18,8 +18,8 @@ from otel_sparse.cli._common import (
     app,
     console,
     fail,
-    num,
 )
+from otel_sparse.cli._tables import stats_tables
 
 
 class Backend(str, enum.Enum):
@@ -113,18 +113,18 @@ def demo(
                 lines = str(sum(1 for _ in f))
         files.add_row(escape(name), f"{size:,}", lines)
     out.print(files)
+    import pandas as pd
+
     counts = histogram_counts(result.run_dir)
-    table = Table(title="what was logged (per head values)", title_justify="left")
-    for column in ("metric", "events", "values", "mean", "min", "p50", "p95", "max",
-                   "OTel count"):
-        table.add_column(column, justify="left" if column == "metric" else "right")
     namespace = config.Settings.from_env().namespace
-    for row in summary_rows(result):
-        otel = counts.get(f"{namespace}.{row['metric']}")
-        table.add_row(row["metric"], str(row["events"]), str(row["values"]),
-                      *(num(row[s]) for s in ("mean", "min", "p50", "p95", "max")),
-                      "-" if otel is None else str(otel))
-    out.print(table)
+    rows = pd.DataFrame([
+        {**row, "OTel count": counts.get(f"{namespace}.{row['metric']}", "-")}
+        for row in summary_rows(result)
+    ])
+    out.print("what was logged (per head values):")
+    for table in stats_tables(out, rows, [], ("events", "values", "mean", "min", "p50", "p95",
+                                              "max", "OTel count")):
+        out.print(table)
     if result.heatmap is None and heatmap:
         out.print("(no heatmap: matplotlib is not installed)")
     out.print("Next:")

@@ -9,6 +9,7 @@ import sys
 import urllib.error
 import urllib.parse
 import urllib.request
+from dataclasses import dataclass, field
 from typing import Annotated
 
 import typer
@@ -22,6 +23,7 @@ from otel_sparse.cli._common import (
     app,
     console,
 )
+from otel_sparse.layout import EVENT_FILE_NAME
 from otel_sparse.otlp_send import resolve_endpoint
 
 _SECRET_WORDS = ("TOKEN", "SECRET", "PASSWORD", "API_KEY", "APIKEY")
@@ -78,12 +80,21 @@ def _package_version(name: str) -> str | None:
         return None
 
 
-@app.command()
-def doctor(
-    timeout: Annotated[float, typer.Option(help="Seconds to wait for the OTLP endpoint.")]
-    = 1.0,
-) -> None:
-    """Show the resolved configuration, installed extras and whether the collector answers."""
+@dataclass
+class Diagnosis:
+    """What ``doctor`` found: the settings a logger would use, the environment, the problems."""
+
+    settings: list[tuple[str, str]] = field(default_factory=list)
+    """(setting, plain-text value) rows, in display order."""
+    environment: list[tuple[str, str]] = field(default_factory=list)
+    """(variable, value) of every OTEL_* and launcher variable, secrets masked."""
+    problems: list[str] = field(default_factory=list)
+    otlp_reachable: bool = False
+    otlp_enabled: bool = False
+
+
+def diagnose(timeout: float = 1.0) -> Diagnosis:
+    """Resolve the configuration as a logger started now would, and check the OTLP endpoint."""
     from otel_sparse.exporters.otlp import (
         OtlpConfigError,
         resolve_protocol,
@@ -92,8 +103,8 @@ def doctor(
     from otel_sparse.resource import ProcessIdentity
     from otel_sparse.run import default_runs_dir
 
-    out = console()
-    problems: list[str] = []
+    found = Diagnosis()
+    rows, problems = found.settings, found.problems
     captured = _Captured()
     lib_logger = logging.getLogger("otel_sparse")
     lib_logger.addHandler(captured)
@@ -103,26 +114,21 @@ def doctor(
     finally:
         lib_logger.removeHandler(captured)
     problems.extend(captured.messages)
-
-    table = Table(title="otel_sparse configuration", title_justify="left", show_header=False)
-    table.add_column("setting", style="bold")
-    table.add_column("value")
-    table.add_row("version", f"otel_sparse {__version__}, Python {sys.version.split()[0]} "
-                             f"({escape(sys.executable)})")
-    source = next((n for n in (config.OTEL_SPARSE_EXPORTERS, config.OTEL_METRICS_EXPORTER)
-                   if os.environ.get(n, "").strip()), "default")
-    table.add_row("exporters", f"{', '.join(settings.exporters) or 'none'}  (from {source}); "
-                               "micro_metrics.jsonl is always written")
-    table.add_row("namespace", settings.namespace)
-    table.add_row("export interval", f"{settings.export_interval_s:g} s "
-                                     f"(timeout {settings.export_timeout_s:g} s, shutdown "
-                                     f"{settings.shutdown_timeout_s:g} s)")
-    table.add_row("temporality", settings.temporality)
-    table.add_row("write delay", f"{settings.write_delay_s:g} s")
-    table.add_row("max series", f"{settings.max_series} per metric")
-    table.add_row("max pending", f"{settings.max_pending_events} events")
+    rows.append(("version", f"otel_sparse {__version__}, Python {sys.version.split()[0]} "
+                            f"({sys.executable})"))
+    rows.append(("exporters", f"{', '.join(settings.exporters) or 'none'}  (from "
+                              f"{config.sparse_exporters_source()}); "
+                              f"{EVENT_FILE_NAME} is always written"))
+    rows.append(("namespace", settings.namespace))
+    rows.append(("export interval", f"{settings.export_interval_s:g} s (timeout "
+                                    f"{settings.export_timeout_s:g} s, shutdown "
+                                    f"{settings.shutdown_timeout_s:g} s)"))
+    rows.append(("temporality", settings.temporality))
+    rows.append(("write delay", f"{settings.write_delay_s:g} s"))
+    rows.append(("max series", f"{settings.max_series} per metric"))
+    rows.append(("max pending", f"{settings.max_pending_events} events"))
     if settings.otlp_file:
-        table.add_row("otlp file", escape(settings.otlp_file))
+        rows.append(("otlp file", settings.otlp_file))
     runs_dir = os.path.abspath(default_runs_dir())
     if os.path.isdir(runs_dir):
         n_runs = sum(1 for e in os.scandir(runs_dir) if e.is_dir())
@@ -132,58 +138,76 @@ def doctor(
             problems.append(f"run dir {runs_dir} is not writable")
     else:
         state = "does not exist yet (created by the first run)"
-    table.add_row("run dir", f"{escape(runs_dir)}  ({state})")
-    table.add_row("identity", f"run id {escape(identity.run_id)} (generated unless "
-                              f"OTEL_SPARSE_RUN_ID/TORCHELASTIC_RUN_ID), rank {identity.rank}/"
-                              f"{identity.world_size}, local rank {identity.local_rank}, host "
-                              f"{escape(identity.host_name)}")
+    rows.append(("run dir", f"{runs_dir}  ({state})"))
+    rows.append(("identity", f"run id {identity.run_id} (generated unless "
+                             f"{config.OTEL_SPARSE_RUN_ID}/{config.TORCHELASTIC_RUN_ID}), rank "
+                             f"{identity.rank}/{identity.world_size}, local rank "
+                             f"{identity.local_rank}, host {identity.host_name}"))
     packages = []
     for dist in ("torch", "numpy", "pandas", "matplotlib", "opentelemetry-sdk", "grpcio"):
         version = _package_version(dist)
-        packages.append(f"{dist} {version}" if version else f"{dist} [yellow]not installed[/]")
-    table.add_row("packages", ", ".join(packages))
+        packages.append(f"{dist} {version}" if version else f"{dist} not installed")
+    rows.append(("packages", ", ".join(packages)))
     if _package_version("torch") is None:
-        table.add_row("", "without torch: numpy arrays and numbers log fine; "
-                          "`otel-sparse demo` uses numpy")
+        rows.append(("", "without torch: numpy arrays and numbers log fine; "
+                         "`otel-sparse demo` uses numpy"))
 
-    # OTLP
-    otlp_enabled = "otlp" in settings.exporters
+    found.otlp_enabled = "otlp" in settings.exporters
     try:
         protocol = resolve_protocol()
     except OtlpConfigError as exc:
         problems.append(str(exc))
-        protocol = "http/protobuf"
+        protocol = config.DEFAULT_OTLP_PROTOCOL
     try:
         validate_otlp_environment()
     except OtlpConfigError as exc:
         problems.append(str(exc))
     url = resolve_endpoint(None, protocol)
-    reachable, detail = tcp_reachable(url, timeout)
-    if reachable:
-        verdict = f"[green]reachable[/] ({escape(detail)})"
-    else:
-        verdict = f"[red]unreachable[/] ({escape(detail)})"
-        if otlp_enabled:
-            problems.append(f"the otlp exporter is enabled but {url} is unreachable: {detail}")
-    table.add_row("otlp endpoint", f"{escape(url)} ({protocol}): {verdict}"
-                  + ("" if otlp_enabled else "  [dim](otlp exporter not enabled)[/]"))
-    out.print(table)
+    found.otlp_reachable, detail = tcp_reachable(url, timeout)
+    verdict = "reachable" if found.otlp_reachable else "unreachable"
+    if not found.otlp_reachable and found.otlp_enabled:
+        problems.append(f"the otlp exporter is enabled but {url} is unreachable: {detail}")
+    rows.append(("otlp endpoint", f"{url} ({protocol}): {verdict} ({detail})"
+                 + ("" if found.otlp_enabled else "  (otlp exporter not enabled)")))
 
-    names = sorted(n for n in os.environ
-                   if n.startswith("OTEL_") or n in ("RANK", "WORLD_SIZE", "LOCAL_RANK",
-                                                     "TORCHELASTIC_RUN_ID"))
-    env_table = Table(title="environment", title_justify="left")
-    env_table.add_column("variable")
-    env_table.add_column("value")
-    for name in names:
-        env_table.add_row(name, escape(mask_env_value(name, os.environ[name])))
-    if names:
+    launcher = (config.RANK, config.WORLD_SIZE, config.LOCAL_RANK, config.TORCHELASTIC_RUN_ID)
+    found.environment = [(name, mask_env_value(name, os.environ[name]))
+                         for name in sorted(os.environ)
+                         if name.startswith("OTEL_") or name in launcher]
+    return found
+
+
+@app.command()
+def doctor(
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the OTLP endpoint.")]
+    = 1.0,
+) -> None:
+    """Show the resolved configuration, installed extras and whether the collector answers."""
+    found = diagnose(timeout)
+    out = console()
+    table = Table(title="otel_sparse configuration", title_justify="left", show_header=False)
+    table.add_column("setting", style="bold")
+    table.add_column("value")
+    for setting, value in found.settings:
+        text = escape(value)
+        if setting == "otlp endpoint":
+            colour = "green" if found.otlp_reachable else "red"
+            word = "reachable" if found.otlp_reachable else "unreachable"
+            text = text.replace(f": {word} (", f": [{colour}]{word}[/] (", 1)
+        table.add_row(setting, text)
+    out.print(table)
+    if found.environment:
+        env_table = Table(title="environment", title_justify="left")
+        env_table.add_column("variable")
+        env_table.add_column("value")
+        for name, value in found.environment:
+            env_table.add_row(name, escape(value))
         out.print(env_table)
     else:
         out.print("environment: no OTEL_* variables set (defaults apply)")
-    if problems:
+    if found.problems:
         out.print("[bold red]problems:[/]")
-        for problem in problems:
+        for problem in found.problems:
             out.print(f"  - {escape(problem)}", soft_wrap=True)
         raise typer.Exit(EXIT_FAILED)
     out.print("[green]no problems found[/]")
