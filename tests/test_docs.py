@@ -121,6 +121,8 @@ def _reader_env() -> dict[str, str]:
 @pytest.fixture(scope="module")
 def demo_runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """``otel_sparse_runs/`` holding one short demo run, made once for every doc."""
+    for module in ("torch", "pandas", "matplotlib"):  # optional extras: not on every CI root
+        pytest.importorskip(module)
     runs = tmp_path_factory.mktemp("seed") / "otel_sparse_runs"
     subprocess.run([str(Path(sys.executable).parent / "otel-sparse"), "demo", "--steps", "5",
                     "--backend", "numpy", "--no-heatmap", "--run-dir",
@@ -132,8 +134,6 @@ def demo_runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.mark.parametrize("doc", [p for p in DOCS if _to_run(p)], ids=lambda p: p.name)
 def test_doc_blocks_run(doc: Path, tmp_path: Path, demo_runs: Path) -> None:
     """Every python/bash block of ``doc`` without a no-run tag runs, in order, as written."""
-    for module in ("torch", "pandas", "matplotlib"):  # optional extras: not on every CI root
-        pytest.importorskip(module)
     todo = [{**asdict(b), "lang": RUNNABLE[b.lang]} for b in _to_run(doc)]
     (tmp_path / "blocks.json").write_text(json.dumps(todo))
     work = tmp_path / "work"
