@@ -182,11 +182,19 @@ def take_metadata(metadata: Any) -> Any:
     empty value) becomes a new empty dict; metadata that is no dict is kept as given (the
     writer counts it as invalid).
     """
-    if not metadata:
+    if type(metadata) is dict:  # the usual case first: one copy, one pass over the values
+        taken = {**metadata}
+    elif not metadata:
         return {}
-    if not isinstance(metadata, dict):
+    elif isinstance(metadata, dict):
+        taken = metadata.copy()
+    else:
         return metadata
-    taken = {**metadata} if type(metadata) is dict else metadata.copy()
+    for value in taken.values():
+        if isinstance(value, _NESTED):
+            break
+    else:
+        return taken
     for key, value in taken.items():
         if isinstance(value, _NESTED):
             taken[key] = value.copy()
