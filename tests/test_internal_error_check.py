@@ -1,12 +1,13 @@
 """tests/conftest.py's test-wide check: a test during which the library swallowed one of its
 own exceptions (an ``internal_error`` drop) fails, whichever thread counted it.
 
-The check is run on small test files in a separate pytest process that uses this suite's
-conftest, and the outcomes of those inner tests are asserted.
+The check runs on a small test file in a separate pytest process that imports this suite's
+fixtures, and the outcomes of those inner tests are asserted.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -60,16 +61,21 @@ INNER = textwrap.dedent('''
 
 
 def test_internal_errors_fail_the_test_that_caused_them(tmp_path: Path) -> None:
-    inner = REPO / "tests" / f"test_zz_inner_{tmp_path.name}.py"
+    # Outside tests/ (a run collecting tests/ meanwhile must not find it), with this suite's
+    # fixtures imported by a conftest of its own.
+    (tmp_path / "conftest.py").write_text(
+        "from tests.conftest import _no_internal_errors, fresh_logger  # noqa: F401\n",
+        encoding="utf-8")
+    (tmp_path / "pytest.ini").write_text(
+        "[pytest]\nmarkers =\n    internal_error_expected: on purpose\n", encoding="utf-8")
+    inner = tmp_path / "test_inner.py"
     inner.write_text(INNER, encoding="utf-8")
-    try:
-        done = subprocess.run(
-            [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-rA",
-             str(inner)],
-            cwd=REPO, capture_output=True, text=True, timeout=300, check=False,
-        )
-    finally:
-        inner.unlink()
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-rA",
+         "--strict-markers", str(inner)],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300, check=False,
+    )
     out = done.stdout
     reported = set(re.findall(r"^(PASSED|ERROR|FAILED) \S+::(\w+)", out, re.M))
     # The two that swallowed an error pass, then fail at teardown, where the check runs.
