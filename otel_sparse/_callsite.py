@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dis
 import linecache
+import os
 from collections.abc import Mapping
 from types import CodeType, FrameType
 from typing import Any, Optional
@@ -78,7 +79,12 @@ def _rebuilt(code: CodeType, module_globals: Mapping[str, Any]) -> Optional[str]
     table = _by_file.get(filename)
     if table is None:  # (IPython names every cell run a file of its own)
         table = {}
-        for known, name in qualnames_in_source(filename, module_globals).items():
+        source = filename
+        if filename.endswith(".py") and not os.path.exists(filename):
+            # A .pyc written at another path, which pytest's assertion rewriting (unlike
+            # plain imports) does not re-point: the module's own file is the source.
+            source = str(module_globals.get("__file__") or filename)
+        for known, name in qualnames_in_source(source, module_globals).items():
             table[known] = name
             place = (known.co_firstlineno, known.co_name)
             table[place] = name if table.get(place, name) == name else None

@@ -15,7 +15,8 @@
 #      resolv.conf and CA bundle copied in so pip works there. Needs root. Cached in
 #      ${OTEL_SPARSE_CACHE:-$HOME/.cache/otel_sparse}/debian-<suite> with its venv
 #      (/opt/venv inside), so a later run only reinstalls the package. The repository is
-#      bind-mounted at /repo inside for the run, with /proc, /dev and /dev/shm.
+#      bind-mounted at /repo inside for the run, with /proc and /dev; no .pyc is written
+#      there (a pytest .pyc would name /repo/... to a pyenv 3.9 run on the host).
 # OTEL_SPARSE_PYTHON_SOURCE=debian skips pyenv (to exercise the Debian path where pyenv
 # exists). Extra pytest arguments: OTEL_SPARSE_UNIT_ARGS (e.g. "-x").
 set -euo pipefail
@@ -81,6 +82,7 @@ in_chroot() {  # $1 root, rest: command run inside, trusting the host's CAs
     cp "$HOST_CA" "$root$ROOT_CA"
     chroot "$root" env -i PATH=/opt/venv/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root \
         LANG=C.UTF-8 DEBIAN_FRONTEND=noninteractive PIP_DISABLE_PIP_VERSION_CHECK=1 \
+        PYTHONDONTWRITEBYTECODE=1 \
         SSL_CERT_FILE="$ROOT_CA" PIP_CERT="$ROOT_CA" "$@"
 }
 

@@ -252,3 +252,22 @@ def test_rebuilt_names_of_the_cases_equal_co_qualname(cases: ModuleType) -> None
     table = _callsite.qualnames_in_source(path, vars(cases))
     assert table
     assert all(code.co_qualname == name for code, name in table.items())
+
+
+def test_code_compiled_at_another_path_reads_its_module_file(
+    fresh_logger: Logger, tmp_path: Path
+) -> None:
+    """A .pyc that names a path that no longer exists (pytest's rewritten test modules keep
+    the path they were cached at): the module's ``__file__`` gives the source instead."""
+    MicroMetricLogger.register_metric("m", float)
+    fresh_logger(log_path=str(tmp_path / "run"), enabled_metrics="all")
+    path = tmp_path / f"{CASES_MODULE}.py"
+    path.write_text(CASES.replace('MicroMetricLogger().log("m", 0.0)\n', ""), encoding="utf-8")
+    moved = tmp_path / "gone" / f"{CASES_MODULE}.py"  # never created
+    namespace: dict[str, object] = {"__name__": CASES_MODULE, "__file__": str(path)}
+    exec(compile(path.read_text(encoding="utf-8"), str(moved), "exec"), namespace)
+    namespace["outer"]()  # type: ignore[operator]
+    assert _locations(MicroMetricLogger()) == {
+        13.0: "callsite_cases.AtClassLevel",  # logged while the class body ran
+        2.0: "callsite_cases.outer.<locals>.inner",
+    }
