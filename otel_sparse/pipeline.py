@@ -309,6 +309,11 @@ class Pipeline:
         self.series.enable(spec)
         self.lines.forget()
 
+    def busy_here(self) -> bool:
+        """Whether the calling thread is writing (holds the write lock): a signal handler or
+        finaliser that interrupted it must not wait for that lock."""
+        return bool(self._write_lock._is_owned())  # type: ignore[attr-defined]
+
     def write_now(self, batch: deque[LogEvent] | None = None, export: bool = True) -> None:
         """Write every pending batch (and ``batch``) synchronously; then export local files."""
         with self._write_lock:

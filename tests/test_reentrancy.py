@@ -351,11 +351,7 @@ class TestSigtermAndExit:
             proc.communicate(timeout=EXIT_LIMIT_S)
         assert [e["metadata"]["i"] for e in _lines(events)] == list(range(236))
 
-    @pytest.mark.parametrize("where", [
-        "submit",
-        pytest.param("_drain", marks=pytest.mark.xfail(
-            strict=True, reason="issue 11 item 3: the closer waits on the write lock")),
-    ])
+    @pytest.mark.parametrize("where", ["submit", "_drain"])
     def test_sigterm_inside_flush_closes_when_the_section_ends(
         self, where: str, tmp_path: Path
     ) -> None:
