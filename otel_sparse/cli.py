@@ -30,6 +30,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from otel_sparse import config
+from otel_sparse._safety import mask_env_value, mask_text, mask_url
 from otel_sparse._version import __version__
 from otel_sparse.analysis import (
     STATS,
@@ -656,7 +657,7 @@ class GrpcSender:
 
         parsed = urllib.parse.urlparse(url)
         if not parsed.hostname:
-            raise SendError(f"cannot read host and port from {url!r}")
+            raise SendError(f"cannot read host and port from {mask_url(url)!r}")
         target = f"{parsed.hostname}:{parsed.port or 4317}"
         if parsed.scheme == "https":
             self.channel = grpc.secure_channel(target, grpc.ssl_channel_credentials())
@@ -730,7 +731,8 @@ def replay(
         sender = GrpcSender(url, headers, timeout) if resolved == "grpc" \
             else HttpSender(url, headers, timeout)
     except SendError as exc:
-        _fail(str(exc))
+        _fail(mask_text(str(exc)))
+    shown = mask_url(url)  # printed: never the URL's credentials
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
     err = _console(stderr=True)
@@ -741,13 +743,13 @@ def replay(
         with Progress("[progress.description]{task.description}", BarColumn(),
                       MofNCompleteColumn(), TimeElapsedColumn(), console=err,
                       transient=True, disable=not err.is_terminal) as progress:
-            task = progress.add_task(f"replaying to {url}", total=len(requests))
+            task = progress.add_task(f"replaying to {shown}", total=len(requests))
             for i, request in enumerate(requests, 1):
                 try:
                     rejected += sender.send(request)
                 except SendError as exc:
-                    failure = (f"collector at {url} ({resolved}) refused request "
-                               f"{i}/{len(requests)}: {exc}")
+                    failure = (f"collector at {shown} ({resolved}) refused request "
+                               f"{i}/{len(requests)}: {mask_text(str(exc))}")
                     break
                 sent_points += count_data_points(request)
                 progress.update(task, completed=i)
@@ -756,31 +758,12 @@ def replay(
     if failure is not None:
         _fail(failure, EXIT_FAILED)
     _console().print(f"replayed {len(requests)} request(s), {sent_points} data points, from "
-                     f"{len(files)} file(s) to {escape(url)} ({resolved})", soft_wrap=True)
+                     f"{len(files)} file(s) to {escape(shown)} ({resolved})", soft_wrap=True)
     if rejected:
         _fail(f"the collector rejected {rejected} data point(s) (partial success)", EXIT_FAILED)
 
 
 # -- doctor -------------------------------------------------------------------------------
-
-_SECRET_WORDS = ("TOKEN", "SECRET", "PASSWORD", "API_KEY", "APIKEY")
-
-
-def mask_env_value(name: str, value: str) -> str:
-    """An environment value safe to print: header values and secrets become ``***``."""
-    upper = name.upper()
-    if "HEADERS" in upper:
-        pairs = []
-        for pair in value.split(","):
-            if "=" in pair:
-                pairs.append(f"{pair.split('=', 1)[0].strip()}=***")
-            elif pair.strip():
-                pairs.append("***")
-        return ",".join(pairs)
-    if any(word in upper for word in _SECRET_WORDS):
-        return "***"
-    return value
-
 
 def tcp_reachable(url: str, timeout_s: float) -> tuple[bool, str]:
     """Whether a TCP connection to the URL's host and port opens within ``timeout_s``."""
@@ -841,7 +824,7 @@ def doctor(
         identity = ProcessIdentity.current()
     finally:
         lib_logger.removeHandler(captured)
-    problems.extend(captured.messages)
+    problems.extend(mask_text(m) for m in captured.messages)
 
     table = Table(title="otel_sparse configuration", title_justify="left", show_header=False)
     table.add_column("setting", style="bold")
@@ -890,14 +873,15 @@ def doctor(
     try:
         protocol = resolve_protocol()
     except OtlpConfigError as exc:
-        problems.append(str(exc))
+        problems.append(mask_text(str(exc)))
         protocol = "http/protobuf"
     try:
         validate_otlp_environment()
     except OtlpConfigError as exc:
-        problems.append(str(exc))
+        problems.append(mask_text(str(exc)))
     url = resolve_endpoint(None, protocol)
     reachable, detail = tcp_reachable(url, timeout)
+    url, detail = mask_url(url), mask_text(detail)  # printed: never the URL's credentials
     if reachable:
         verdict = f"[green]reachable[/] ({escape(detail)})"
     else:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import numbers
 import os
 import threading
 import time
@@ -42,6 +43,7 @@ from otel_sparse._instruments import (
     attribute_key,
     instrument_name,
 )
+from otel_sparse._safety import mask_text
 from otel_sparse._values import HostValues, is_tensor
 from otel_sparse._version import __version__
 from otel_sparse.aggregator import Aggregator, State, SumState, add_values
@@ -189,7 +191,7 @@ class ExportWorker:
                 _logger.warning(
                     "otel_sparse: exporter %s failed (%s); retrying every interval, failures "
                     "counted in otel_sparse.export.failures (reported again after recovery)",
-                    self.name, error,
+                    self.name, mask_text(error),
                 )
             self._failing = True
         return ok
@@ -423,7 +425,6 @@ class Pipeline:
         except Exception as exc:  # the lines of the batch are written regardless
             self.drops.add("internal_error", "*", len(out.numbers),
                            why=f"{type(exc).__name__}: {exc}")
-        self._logged.update(metrics)
         for (metric, key, shape), arrays in out.blocks.items():
             try:
                 self._record_block(metric, key, shape, arrays)
@@ -431,7 +432,9 @@ class Pipeline:
                 self.drops.add("internal_error", str(metric), len(arrays),
                                why=f"{type(exc).__name__}: {exc}")
         self._batches_written += 1
-        self._write_text(text, len(events))
+        if self._write_text(text, len(events)):
+            # counted once written: accepted = logged + dropped, even on a full disk
+            self._logged.update(metrics)
 
     def _known_batch_text(
         self, known: list[_KnownLine | None], openings: list[str], values: list[Any],
@@ -609,6 +612,9 @@ class Pipeline:
                 state, cacheable = self._series_state(ev, metadata_key)
             if state is not None:
                 tp = type(value)
+                if tp is not float and tp is not int:
+                    value = _real_number(value)
+                    tp = type(value)
                 if tp is int:
                     value = self._int_value(ev.metric, value)
                     tp = float if value is not None else int
@@ -650,17 +656,19 @@ class Pipeline:
         key = (ev.metric, ev.location, keyed, event_context(ev))
         self._known[key] = (head, tail, state, 0 if monotonic else -_FAST_INT_BOUND)
 
-    def _write_text(self, text: str, count: int) -> None:
+    def _write_text(self, text: str, count: int) -> bool:
+        """Append a batch's lines (all or none); False when the disk refused them (counted)."""
         try:
             self.event_file.write(text)
         except OSError as exc:
             self.drops.add("event_file_error", "*", count,
                            why=f"cannot write {self.event_file.path}: {exc}")
             self._event_file_failing = True
-            return
+            return False
         if self._event_file_failing:
             self._event_file_failing = False
             _logger.warning("otel_sparse: writing %s again", self.event_file.path)
+        return True
 
     def _spec_and_key(self, ev: LogEvent) -> tuple[MetricSpec, AttributeKey] | None:
         """The spec and attribute set of an event; None if it only goes to the event file."""
@@ -876,6 +884,17 @@ _MAX_CACHED_KEYS = 64
 """Metadata with more keys is never cached: its key tuple alone would cost more than encoding."""
 _MAX_CACHED_LINE = 4096
 """Events with longer lines (megabyte strings in metadata) keep no series-cache entry."""
+
+
+def _real_number(value: Any) -> Any:
+    """A float for any other ``numbers.Real`` (a ``float`` subclass, a Fraction, an IntEnum),
+    bools excepted (not a measurement); anything else unchanged (refused by the caller)."""
+    if type(value) is not bool and isinstance(value, numbers.Real):
+        try:
+            return float(value)
+        except (TypeError, ValueError, OverflowError):
+            return value
+    return value
 
 
 def _is_array(value: Any) -> bool:

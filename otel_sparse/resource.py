@@ -15,9 +15,11 @@ from opentelemetry.sdk.resources import OTELResourceDetector, Resource
 from opentelemetry.sdk.version import __version__ as _sdk_version
 
 from otel_sparse import config
+from otel_sparse._safety import file_name, printable
 
 _generated_run_id: str | None = None
 _warned_none_run_id = False
+_warned_unsafe_run_ids: set[str] = set()
 _logger = logging.getLogger("otel_sparse")
 _SDK_ATTRIBUTES = {
     "telemetry.sdk.language": "python",
@@ -62,10 +64,25 @@ def resolve_run_id(environ: Mapping[str, str] | None = None) -> str:
                 )
             continue
         if value:
-            return value
+            return _safe_run_id(name, value)
     if _generated_run_id is None:
         _generated_run_id = new_run_id()
     return _generated_run_id
+
+
+def _safe_run_id(name: str, value: str) -> str:
+    """A run id names the run's folder: path separators and ``..`` never leave the runs folder.
+
+    The same replacement on every rank (not a generated id), so ranks still share one run.
+    """
+    safe = file_name(value)
+    if safe != value and value not in _warned_unsafe_run_ids:
+        _warned_unsafe_run_ids.add(value)
+        _logger.warning(
+            "otel_sparse: %s=%r holds a path separator, '..' or a control character; a run id "
+            "names a folder inside the runs folder, so using %r", name, printable(value), safe,
+        )
+    return safe
 
 
 def _int_env(env: Mapping[str, str], name: str, default: int) -> int:

@@ -804,7 +804,6 @@ class TestCardinality:
         assert _warnings(caplog, "overflow") == 0
 
 
-@pytest.mark.xfail(strict=True, reason="issue 11: float subclasses dropped")
 class TestRealSubclasses:
     """A float subclass (or any numbers.Real but bool) is a number."""
 

@@ -1412,7 +1412,6 @@ class TestBenchmarkParser:
         assert _benchmark_averages(_event_file(tmp_path)) == expected
 
 
-@pytest.mark.xfail(strict=True, reason="issue 11: newline printed raw")
 class TestControlCharactersInWarnings:
     """A newline or control character in an identifier is escaped in the stdout line."""
 

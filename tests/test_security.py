@@ -33,7 +33,6 @@ def _secret_url(port: int) -> str:
     return f"http://{USER}:{PASSWORD}@127.0.0.1:{port}"
 
 
-@pytest.mark.xfail(strict=True, reason="issue 11: credentials and run ids")
 class TestMasking:
     """The one masking helper."""
 
@@ -59,7 +58,6 @@ class TestMasking:
         assert mask_text("--endpoint=grpc://u:p@h:1") == "--endpoint=grpc://***:***@h:1"
 
 
-@pytest.mark.xfail(strict=True, reason="issue 11: credentials and run ids")
 class TestCli:
     """doctor and replay print endpoints masked."""
 
@@ -98,7 +96,6 @@ class TestCli:
 class TestWrittenFiles:
     """run.json and the library's warnings."""
 
-    @pytest.mark.xfail(strict=True, reason="issue 11: credentials and run ids")
     def test_run_json_masks_the_command_line(
         self, fresh_logger: type[MicroMetricLogger], tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch,
@@ -132,7 +129,6 @@ class TestWrittenFiles:
         assert PASSWORD not in text and USER not in text
 
 
-@pytest.mark.xfail(strict=True, reason="issue 11: credentials and run ids")
 class TestRunIds:
     """A run id or name used as a file name cannot leave its folder."""
 

@@ -45,6 +45,16 @@ _RESOURCE_COLUMNS = {
     "service.instance.id": "service_instance_id",
 }
 
+RESOURCE_PREFIX = "resource_"
+"""Column prefix of a resource attribute whose column name is one of a row's own fields
+(``OTEL_RESOURCE_ATTRIBUTES=type=training`` becomes ``resource_type``): the row's fields win."""
+
+_ROW_FIELDS = frozenset({
+    "timestamp", "start_time", "temporality", "metric", "type", "unit", "layer", "head",
+    "count", "sum", "min", "max", "bucket_bounds", "bucket_counts", "value", "attributes",
+})
+"""Every field a row sets itself, whatever the resource says."""
+
 _TEMPORALITY = {
     AggregationTemporality.CUMULATIVE: "cumulative",
     AggregationTemporality.DELTA: "delta",
@@ -60,7 +70,10 @@ def _resource_columns(attributes: Mapping[str, Any]) -> dict[str, Any]:
     for key, value in attributes.items():
         if key.startswith("telemetry.sdk."):
             continue
-        out[_RESOURCE_COLUMNS.get(key) or key.replace(".", "_")] = value
+        column = _RESOURCE_COLUMNS.get(key) or key.replace(".", "_")
+        if column in _ROW_FIELDS:
+            column = RESOURCE_PREFIX + column
+        out[column] = value
     return out
 
 

@@ -85,7 +85,6 @@ class TestJsonlMetricExporter:
         assert row["bucket_counts"] == [2, 2, 2]
 
 
-@pytest.mark.xfail(strict=True, reason="issue 11: resource overwrites row fields")
 class TestResourceColumns:
     """Resource attributes never overwrite a row's own fields."""
 
@@ -102,7 +101,7 @@ class TestResourceColumns:
                 if r["metric"] == f"sparse_attention.{DENSITY}"]
         assert rows
         for row in rows:
-            assert row["type"] == "histogram" and row["unit"] == ""
+            assert row["type"] == "histogram" and row["unit"] == "1"
             assert row["layer"] in (0, 1) and isinstance(row["count"], int)
             assert (row["resource_type"], row["resource_unit"], row["resource_layer"],
                     row["resource_count"]) == ("training", "team-a", "all", "7")
