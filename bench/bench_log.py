@@ -21,7 +21,7 @@ from collections.abc import Callable
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
-from otel_sparse import MicroMetricLogger
+from otel_sparse import MicroMetricLogger, facade
 
 METRIC = "research_attention_density"
 LAYERS, HEADS = 32, 32
@@ -136,6 +136,30 @@ def main() -> None:
             ns = timeit.timeit(stmt, globals=env, number=n * 5) / (n * 5) * 1e9
             results[name] = min(results.get(name, ns), ns)
 
+    # What log() pays to take the metadata as it is at the call (a copy of the dict: issue 11,
+    # item 4), against the same log() keeping the caller's dict, and OTel's record: in
+    # alternation, so that the before/after ratios come from one stretch of the host.
+    copying = facade.take_metadata
+
+    def keeping(metadata: object) -> object:  # what log() did before the copy
+        return metadata or {}
+
+    def with_take(take: Callable[[object], object]) -> Callable[[int], int]:
+        def body(k: int) -> int:
+            facade.take_metadata = take  # type: ignore[assignment]
+            try:
+                return held_log(k)
+            finally:
+                facade.take_metadata = copying
+        return body
+
+    copy_results: dict[str, float] = {}
+    for _ in range(2 * repeat):
+        for name, body in [("otel", otel_record), ("keeping", with_take(keeping)),
+                           ("copying", with_take(copying))]:
+            ns = per_call_ns(body, n, 1) - loop
+            copy_results[name] = min(copy_results.get(name, ns), ns)
+
     torch_results = {}
     try:
         import torch
@@ -210,6 +234,10 @@ def main() -> None:
          "ratio vs bare set lookup; target <= 2x"),
         ("bare `id in set`", results["bare_set_lookup"], 1.0, ""),
     ]
+    rows.append(("log(), metadata kept as passed (before)", copy_results["keeping"],
+                 copy_results["keeping"] / copy_results["otel"], "alternated with OTel"))
+    rows.append(("log(), metadata copied at the call (now)", copy_results["copying"],
+                 copy_results["copying"] / copy_results["otel"], "alternated with OTel"))
     if torch_results:
         rows.append(("log() of a 32-head CPU tensor", torch_results["tensor_32_heads"],
                      torch_results["tensor_32_heads"] / torch_results["scalar_same_metadata"],

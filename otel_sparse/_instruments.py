@@ -11,6 +11,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from otel_sparse.layout import ATTRIBUTE_ALIASES
+
 # Fine-grained over [0, 1], where densities and most relative errors live, with a few bounds
 # beyond 1 because an attention-output error can exceed it. 26 bounds -> 27 buckets.
 DEFAULT_FLOAT_BOUNDARIES: tuple[float, ...] = (
@@ -34,19 +36,16 @@ DEFAULT_TIMER_BOUNDARIES: tuple[float, ...] = (
 )
 """Default bounds, in seconds, for timers."""
 
-# Metadata keys researchers already use, mapped to the attribute every dashboard groups by.
-ATTRIBUTE_ALIASES: Mapping[str, str] = {
-    "layer": "layer",
-    "layer_idx": "layer",
-    "head": "head",
-    "head_idx": "head",
-}
 
 OVERFLOW_ATTRIBUTES: Mapping[str, str | bool | int | float] = {"otel.metric.overflow": "true"}
 """Where points go once a metric has ``max_series`` attribute sets (the OTel convention)."""
 
 _NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_./-]{0,254}$")
 _INVALID_NAME_CHARS = re.compile(r"[^A-Za-z0-9_./-]")
+
+
+HISTOGRAM_KINDS = ("explicit", "exponential")
+"""How a histogram buckets its values: fixed bounds, or OTel base-2 exponential buckets."""
 
 
 class InstrumentKind(str, enum.Enum):
@@ -72,6 +71,10 @@ class MetricSpec:
     boundaries: tuple[float, ...] = ()
     attribute_keys: tuple[str, ...] = ()
     """Metadata keys, beyond layer/head, that become attributes (declared, so bounded)."""
+    histogram: str | None = None
+    """``explicit`` (``boundaries``), ``exponential``, or None: the logger's setting
+    (``OTEL_SPARSE_HISTOGRAM``) decides. Explicit ``boundaries=`` and int dtypes fix it to
+    ``explicit``."""
     aliases: Mapping[str, str] = field(default_factory=lambda: ATTRIBUTE_ALIASES)
 
 
@@ -107,6 +110,7 @@ def make_spec(
     description: str = "",
     boundaries: Sequence[float] | None = None,
     attributes: Sequence[str] = (),
+    histogram: str | None = None,
 ) -> MetricSpec:
     """Validate registration options into a spec; raises ValueError/TypeError on bad options."""
     resolved = default_kind(dtype) if kind is None else InstrumentKind(kind)
@@ -126,6 +130,17 @@ def make_spec(
         raise ValueError(f"boundaries apply to histograms only, not to {resolved.value}")
     else:
         bounds = ()
+    if histogram is not None:
+        if histogram not in HISTOGRAM_KINDS:
+            raise ValueError(f"histogram must be one of {HISTOGRAM_KINDS}, got {histogram!r}")
+        if resolved is not InstrumentKind.HISTOGRAM:
+            raise ValueError(f"histogram= applies to histograms only, not to {resolved.value}")
+        if histogram == "exponential" and boundaries is not None:
+            raise ValueError("an exponential histogram takes no boundaries")
+    elif resolved is InstrumentKind.HISTOGRAM and (
+        boundaries is not None or (isinstance(dtype, type) and issubclass(dtype, int))
+    ):
+        histogram = "explicit"  # chosen bounds, and counts on their power-of-two bounds
     keys = tuple(dict.fromkeys(str(a) for a in attributes))
     return MetricSpec(
         identifier=identifier,
@@ -135,6 +150,7 @@ def make_spec(
         description=description,
         boundaries=tuple(float(b) for b in bounds),
         attribute_keys=keys,
+        histogram=histogram,
     )
 
 

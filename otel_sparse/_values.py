@@ -4,16 +4,30 @@
 only clones (on the tensor's own device, asynchronously for CUDA) so that a later in-place
 edit by the caller cannot change what was logged. ``HostValues`` runs in the background: it
 stacks the captured tensors of one batch per (device, dtype, shape), starts one non-blocking
-copy per group, and hands back host arrays once the copies are done.
+copy per group, and hands back host arrays once the copies are done. Which device and stream
+each CUDA call uses, and how a clone made on a side stream is waited for, is _cuda.py's.
 """
 
 from __future__ import annotations
 
+import numbers
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
+
+from otel_sparse._cuda import (
+    READY,
+    GpuTime,
+    capturing,
+    ensure,
+    on_default_stream,
+    pinned_empty,
+    record_ready,
+    wait_ready,
+)
+from otel_sparse.layout import HEAD_KEYS, LAYER_KEYS
 
 
 class Refusal:
@@ -59,9 +73,9 @@ def _spans_metadata(dims: int, metadata: Any) -> Refusal | None:
     """The refusal for a [heads]/[layers, heads] value whose metadata names what it spans."""
     if not dims or type(metadata) is not dict or not metadata:
         return None
-    if "head" in metadata or "head_idx" in metadata:
+    if any(key in metadata for key in HEAD_KEYS):
         return HEADS_IN_METADATA if dims == 1 else LAYERS_IN_METADATA
-    if dims == 2 and ("layer" in metadata or "layer_idx" in metadata):
+    if dims == 2 and any(key in metadata for key in LAYER_KEYS):
         return LAYERS_IN_METADATA
     return None
 
@@ -92,41 +106,50 @@ def _torch_tensor(value: Any, metadata: Any) -> Any:
             return TOO_MANY_DIMS
         # the common case (layer only) answered inline: this runs on every tensor log(),
         # and what it costs beyond the clone is what a tensor log() costs beyond a scalar one
+        # (the keys spelt out are layout.HEAD_KEYS / LAYER_KEYS; test_layout checks they agree)
         if type(metadata) is dict and (
             "head_idx" in metadata or "head" in metadata
             or (dims == 2 and ("layer_idx" in metadata or "layer" in metadata))
         ):
             return _spans_metadata(dims, metadata)
-    # Graph capture needs CUDA; `_initialized` (a module flag, read in tens of ns) spares
-    # CPU-only processes the device check on every call.
-    if _torch_cuda._initialized and value.is_cuda and _torch_cuda.is_current_stream_capturing():
-        return IN_GRAPH_CAPTURE
+    if value.is_cuda:
+        return _cuda_clone(value, value.get_device())
     if value.requires_grad:
         value = value.detach()
     # clone, not a reference: the caller may edit the tensor in place after log() returns.
     return value.clone()
 
 
-class _AlwaysCheckDevice:
-    """Stands in for torch.cuda where a torch version has no ``_initialized`` flag."""
+def _cuda_clone(value: Any, index: int) -> Any:
+    """The clone of a tensor on ``cuda:index``, made on that device's current stream.
 
-    _initialized = True
+    On the default stream (the usual case) that is all: the writer reads on the same stream.
+    On a side stream, an event after the clone rides on it for the writer to wait on (see
+    _cuda.py); a side stream is also the only kind a CUDA graph is captured on, so the
+    capture check is asked there alone.
+    """
+    if value.requires_grad:
+        value = value.detach()
+    if on_default_stream(index):
+        return value.clone()
+    if capturing(index):
+        return IN_GRAPH_CAPTURE
+    clone = value.clone()
+    setattr(clone, READY, record_ready(index))
+    return clone
 
-    def __init__(self, cuda: Any) -> None:
-        self.is_current_stream_capturing = cuda.is_current_stream_capturing
 
-
-_torch_cuda: Any = None
-"""torch.cuda, once the first tensor was logged (never imported by otel_sparse itself)."""
+def _gpu_time(value: Any, metadata: Any) -> Any:
+    return value if value.start is not None else IN_GRAPH_CAPTURE
 
 
 def _capture_for(tp: type) -> Capture:
-    global _torch_cuda
     torch = sys.modules.get("torch")
     if torch is not None and issubclass(tp, torch.Tensor):
-        cuda = torch.cuda
-        _torch_cuda = cuda if hasattr(cuda, "_initialized") else _AlwaysCheckDevice(cuda)
+        ensure()
         return _torch_tensor
+    if tp is GpuTime:
+        return _gpu_time
     if issubclass(tp, np.ndarray):
         return _numpy_array
     if issubclass(tp, np.generic):
@@ -145,6 +168,46 @@ def capture(value: Any, metadata: Any = None) -> Any:
     if fn is None:
         fn = captures_by_type[tp] = _capture_for(tp)
     return fn(value, metadata)
+
+
+_NESTED = (list, dict)
+
+
+def take_metadata(metadata: Any) -> Any:
+    """The metadata to queue for one ``log()`` call: what it holds now, not later.
+
+    Researchers reuse one dict over layers (``meta["layer_idx"] = l``) and the writer reads
+    it up to a write delay later. A shallow copy of the dict, and of the lists and dicts
+    inside it: what they in turn hold is not copied. Cost: about a dict copy. None (or any
+    empty value) becomes a new empty dict; metadata that is no dict is kept as given (the
+    writer counts it as invalid).
+    """
+    if not metadata:
+        return {}
+    if not isinstance(metadata, dict):
+        return metadata
+    taken = {**metadata} if type(metadata) is dict else metadata.copy()
+    for key, value in taken.items():
+        if isinstance(value, _NESTED):
+            taken[key] = value.copy()
+    return taken
+
+
+def real_number(value: Any) -> Any:
+    """A float for any ``numbers.Real`` other than int and float (a ``float`` subclass such as
+    ``class Density(float)``, a Fraction, an IntEnum), bools excepted (not a measurement);
+    anything else unchanged, for the caller to refuse."""
+    if type(value) is not bool and isinstance(value, numbers.Real):
+        try:
+            return float(value)
+        except (TypeError, ValueError, OverflowError):
+            return value
+    return value
+
+
+def cuda_index(tensor: Any) -> int:
+    """The CUDA device index of ``tensor``, -1 for any other device."""
+    return int(tensor.get_device()) if tensor.is_cuda else -1
 
 
 def is_tensor(value: Any) -> bool:
@@ -166,7 +229,7 @@ class HostValues:
 
     def __init__(self, values: Sequence[Any]) -> None:
         self._arrays: list[np.ndarray | None] = [None] * len(values)
-        self._pending: list[tuple[list[int], Any, Any]] = []
+        self._pending: list[tuple[list[int], Any, Any, Any]] = []
         self.errors: dict[int, str] = {}
         """Index -> why that value could not be copied (meta or sparse tensors, say)."""
         groups: dict[tuple[Any, ...], list[int]] = {}
@@ -194,6 +257,14 @@ class HostValues:
 
         if tensors[0].is_meta:
             raise ValueError("a meta tensor holds no data")
+        clones = tensors
+        index = cuda_index(tensors[0])
+        waits = None
+        if index >= 0:
+            ensure()
+            waits = [e for e in (getattr(t, READY, None) for t in tensors) if e is not None]
+            if waits:  # logged on a side stream: this thread's stream waits for the clones
+                wait_ready(index, waits)
         if tensors[0].layout != torch.strided:  # sparse COO/CSR/...: numpy wants them dense
             tensors = [t.to_dense() for t in tensors]
         if tensors[0].is_quantized:
@@ -201,24 +272,25 @@ class HostValues:
         stacked = torch.stack(tensors).resolve_conj().resolve_neg()
         if stacked.dtype in (torch.bfloat16, torch.float16):
             stacked = stacked.float()  # numpy has no bfloat16
-        if stacked.is_cuda:
+        if index >= 0:
             # pinned + non_blocking + event: the copy never blocks, so nothing here
-            # synchronises the GPU (set_sync_debug_mode("error") stays quiet).
-            host = torch.empty(stacked.shape, dtype=stacked.dtype, pin_memory=True)
+            # synchronises the GPU (set_sync_debug_mode("error") stays quiet). Every call
+            # names the tensors' device (see _cuda.py).
+            host = pinned_empty(stacked.shape, stacked.dtype)
             host.copy_(stacked, non_blocking=True)
-            done = torch.cuda.Event()  # type: ignore[no-untyped-call]
-            done.record()
-            self._pending.append((indices, host, done))
+            done = record_ready(index)
+            # side-stream clones stay alive until the copy is done (see _cuda.py)
+            self._pending.append((indices, host, done, clones if waits else None))
         else:
-            self._pending.append((indices, stacked.cpu(), None))
+            self._pending.append((indices, stacked.cpu(), None, None))
 
     def ready(self) -> bool:
         """True when every device-to-host copy has finished (polls; never blocks)."""
-        return all(done is None or done.query() for _, _, done in self._pending)
+        return all(done is None or done.query() for _, _, done, _ in self._pending)
 
     def arrays(self) -> list[np.ndarray | None]:
         """One host array per input value; call only once ``ready()`` is True."""
-        for indices, host, _ in self._pending:
+        for indices, host, _, _ in self._pending:
             try:
                 stacked = host.numpy()
             except Exception as exc:  # a dtype numpy lacks: these values alone are lost

@@ -13,6 +13,8 @@ from typing import Any
 import numpy as np
 from opentelemetry.sdk.metrics.export import (
     AggregationTemporality,
+    ExponentialHistogram,
+    ExponentialHistogramDataPoint,
     Gauge,
     Histogram,
     HistogramDataPoint,
@@ -21,6 +23,7 @@ from opentelemetry.sdk.metrics.export import (
     Sum,
 )
 
+from otel_sparse._exponential import DEFAULT_MAX_BUCKETS, ExponentialHistogramState
 from otel_sparse._instruments import (
     OVERFLOW_ATTRIBUTES,
     AttributeKey,
@@ -75,7 +78,7 @@ class GaugeState:
         self.value = value
 
 
-State = HistogramState | SumState | GaugeState
+State = HistogramState | ExponentialHistogramState | SumState | GaugeState
 
 
 def add_values(states: Sequence[State], values: Sequence[float]) -> None:
@@ -101,10 +104,12 @@ def add_values(states: Sequence[State], values: Sequence[float]) -> None:
 class _MetricSeries:
     """All attribute sets of one instrument."""
 
-    __slots__ = ("attributes", "overflowed", "spec", "states")
+    __slots__ = ("attributes", "exponential", "max_buckets", "overflowed", "spec", "states")
 
-    def __init__(self, spec: MetricSpec) -> None:
+    def __init__(self, spec: MetricSpec, histogram: str, max_buckets: int) -> None:
         self.spec = spec
+        self.exponential = (spec.histogram or histogram) == "exponential"
+        self.max_buckets = max_buckets
         self.states: dict[AttributeKey, State] = {}
         self.attributes: dict[AttributeKey, dict[str, Any]] = {}
         self.overflowed = 0
@@ -112,6 +117,8 @@ class _MetricSeries:
     def new_state(self) -> State:
         kind = self.spec.kind
         if kind is InstrumentKind.HISTOGRAM:
+            if self.exponential:
+                return ExponentialHistogramState(self.max_buckets)
             return HistogramState(self.spec.boundaries)
         if kind is InstrumentKind.GAUGE:
             return GaugeState()
@@ -131,8 +138,16 @@ class Aggregator:
     """
 
     def __init__(
-        self, max_series: int = 20000, temporality: str = "cumulative", start_ns: int = 0
+        self, max_series: int = 20000, temporality: str = "cumulative", start_ns: int = 0,
+        histogram: str = "explicit", max_buckets: int = DEFAULT_MAX_BUCKETS,
     ) -> None:
+        """Args:
+            histogram: bucketing of histograms whose spec leaves it open (``explicit`` or
+                ``exponential``, ``OTEL_SPARSE_HISTOGRAM``).
+            max_buckets: buckets per sign of an exponential series before it downscales.
+        """
+        self._histogram = histogram
+        self._max_buckets = max_buckets
         self._max_series = max_series
         self._delta = temporality == "delta"
         self._start_ns = start_ns
@@ -163,11 +178,12 @@ class Aggregator:
         series = self._metrics.get(name)
         if series is not None:
             old = series.spec
-            if old.kind is spec.kind and old.boundaries == spec.boundaries:
+            if (old.kind is spec.kind and old.boundaries == spec.boundaries
+                    and old.histogram == spec.histogram):
                 series.spec = spec
                 return series
             self.generation += 1  # states handed out under the old kind are void
-        series = self._metrics[name] = _MetricSeries(spec)
+        series = self._metrics[name] = _MetricSeries(spec, self._histogram, self._max_buckets)
         return series
 
     @property
@@ -200,7 +216,12 @@ class Aggregator:
         counts = finite.sum(axis=0)
         skipped = int(values.size - counts.sum())
         kind = spec.kind
-        if kind is InstrumentKind.HISTOGRAM:
+        if kind is InstrumentKind.HISTOGRAM and self._exponential(name, spec):
+            for j in np.flatnonzero(counts).tolist():
+                state = self._state(name, spec, keys[j], int(counts[j]))
+                assert isinstance(state, ExponentialHistogramState)
+                state.add_block(values[:, j][finite[:, j]])
+        elif kind is InstrumentKind.HISTOGRAM:
             zeroed = np.where(finite, values, 0.0)
             sums = zeroed.sum(axis=0)
             mins = np.where(finite, values, np.inf).min(axis=0)
@@ -230,6 +251,13 @@ class Aggregator:
                 self.record(name, spec, keys[j], float(sums[j]))
         return skipped
 
+    def _exponential(self, name: str, spec: MetricSpec) -> bool:
+        """Whether ``name`` under ``spec`` is an exponential histogram (creating its series)."""
+        series = self._metrics.get(name)
+        if series is None or series.spec is not spec:
+            series = self._series_for(name, spec)
+        return series.exponential
+
     def collect(self, now_ns: int) -> list[Metric]:
         """Snapshot every series as OTel ``Metric``s; with delta temporality, reset them."""
         temporality = (
@@ -237,51 +265,11 @@ class Aggregator:
         )
         out: list[Metric] = []
         for name, series in self._metrics.items():
-            spec = series.spec
-            start = self._start_ns
-            kind = spec.kind
-            data: Histogram | Sum | Gauge
-            if kind is InstrumentKind.HISTOGRAM:
-                hpoints = [
-                    HistogramDataPoint(
-                        attributes=series.attributes[key],
-                        start_time_unix_nano=start,
-                        time_unix_nano=now_ns,
-                        count=st.count,
-                        sum=st.sum,
-                        bucket_counts=list(st.buckets),
-                        explicit_bounds=list(spec.boundaries),
-                        min=st.min,
-                        max=st.max,
-                    )
-                    for key, st in series.states.items()
-                    if isinstance(st, HistogramState) and st.count
-                ]
-                if not hpoints:
-                    continue
-                data = Histogram(data_points=hpoints, aggregation_temporality=temporality)
-            else:
-                npoints = [
-                    NumberDataPoint(
-                        attributes=series.attributes[key],
-                        start_time_unix_nano=start,
-                        time_unix_nano=now_ns,
-                        value=st.value,
-                    )
-                    for key, st in series.states.items()
-                    if isinstance(st, (SumState, GaugeState))
-                ]
-                if not npoints:
-                    continue
-                if kind is InstrumentKind.GAUGE:
-                    data = Gauge(data_points=npoints)
-                else:
-                    data = Sum(
-                        data_points=npoints,
-                        aggregation_temporality=temporality,
-                        is_monotonic=kind is InstrumentKind.COUNTER,
-                    )
-            out.append(Metric(name=name, description=spec.description, unit=spec.unit, data=data))
+            data = _series_data(series, temporality, self._start_ns, now_ns)
+            if data is not None:
+                spec = series.spec
+                out.append(Metric(name=name, description=spec.description, unit=spec.unit,
+                                  data=data))
         if self._delta:
             for series in self._metrics.values():
                 if series.spec.kind is not InstrumentKind.GAUGE:
@@ -290,3 +278,49 @@ class Aggregator:
             self._start_ns = now_ns
             self.generation += 1
         return out
+
+
+def _series_data(
+    series: _MetricSeries, temporality: AggregationTemporality, start: int, now_ns: int
+) -> Histogram | ExponentialHistogram | Sum | Gauge | None:
+    """One metric's OTel data: its points with a value, None when it has none."""
+    spec = series.spec
+    kind = spec.kind
+    if kind is InstrumentKind.HISTOGRAM and series.exponential:
+        epoints: list[ExponentialHistogramDataPoint] = [
+            st.point(series.attributes[key], start, now_ns)
+            for key, st in series.states.items()
+            if isinstance(st, ExponentialHistogramState) and st.count
+        ]
+        return ExponentialHistogram(data_points=epoints, aggregation_temporality=temporality) \
+            if epoints else None
+    if kind is InstrumentKind.HISTOGRAM:
+        hpoints = [
+            HistogramDataPoint(
+                attributes=series.attributes[key],
+                start_time_unix_nano=start,
+                time_unix_nano=now_ns,
+                count=st.count,
+                sum=st.sum,
+                bucket_counts=list(st.buckets),
+                explicit_bounds=list(spec.boundaries),
+                min=st.min,
+                max=st.max,
+            )
+            for key, st in series.states.items()
+            if isinstance(st, HistogramState) and st.count
+        ]
+        return Histogram(data_points=hpoints, aggregation_temporality=temporality) \
+            if hpoints else None
+    npoints = [
+        NumberDataPoint(attributes=series.attributes[key], start_time_unix_nano=start,
+                        time_unix_nano=now_ns, value=st.value)
+        for key, st in series.states.items()
+        if isinstance(st, (SumState, GaugeState))
+    ]
+    if not npoints:
+        return None
+    if kind is InstrumentKind.GAUGE:
+        return Gauge(data_points=npoints)
+    return Sum(data_points=npoints, aggregation_temporality=temporality,
+               is_monotonic=kind is InstrumentKind.COUNTER)

@@ -99,6 +99,42 @@ def resolve_backend(backend: str) -> str:
     return backend
 
 
+def check_device(backend: str, device: str) -> None:
+    """Raise ValueError, with a one-line reason, when ``device`` cannot run ``backend`` here.
+
+    ``auto`` and ``cpu`` always can; the numpy backend runs on the CPU only; a torch device
+    must parse and exist (``cuda`` needs a CUDA device that torch can use).
+    """
+    if device in ("auto", "cpu"):
+        return
+    if backend == "numpy":
+        raise ValueError(f"--device {device}: the numpy backend runs on the CPU only "
+                         "(use --backend torch, or --device cpu)")
+    import warnings
+
+    import torch
+
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise ValueError(f"--device {device!r} is not a torch device (cpu, cuda, cuda:1 ...)"
+                         ) from None
+    with warnings.catch_warnings():  # an old driver warns here: the one line below says it
+        warnings.simplefilter("ignore")
+        if parsed.type == "cuda":
+            if not torch.cuda.is_available():
+                built = "built without CUDA" if torch.version.cuda is None else \
+                    f"built for CUDA {torch.version.cuda}, but no usable CUDA device or driver"
+                raise ValueError(f"--device {device}: CUDA is not available here (torch "
+                                 f"{torch.__version__}, {built}); use --device cpu or auto")
+            count = torch.cuda.device_count()
+            if parsed.index is not None and parsed.index >= count:
+                raise ValueError(f"--device {device}: this machine has {count} CUDA "
+                                 f"device(s) (cuda:0 to cuda:{count - 1})")
+        elif parsed.type == "mps" and not torch.backends.mps.is_available():
+            raise ValueError(f"--device {device}: MPS is not available here; use --device cpu")
+
+
 def _head_profile(cfg: DemoConfig) -> tuple[np.ndarray, np.ndarray]:
     """Per-(layer, head) locality and per-layer score scale, fixed by the seed.
 
@@ -348,7 +384,8 @@ def summary_rows(result: DemoResult) -> list[dict[str, Any]]:
 
 def histogram_counts(run_dir: str) -> dict[str, int]:
     """Metric -> values counted by the OTel histograms of ``metrics*.jsonl`` (every rank)."""
-    from otel_sparse.analysis import POINT_FILE_RE, BadLines, iter_json_lines
+    from otel_sparse.analysis import BadLines, iter_json_lines
+    from otel_sparse.layout import POINT_FILE_RE
 
     last: dict[tuple[Any, ...], int] = {}
     bad = BadLines()

@@ -8,27 +8,33 @@ OTel data model, exporters) happens there.
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import itertools
 import logging
-import multiprocessing.util
 import numbers
 import os
 import random
-import signal
 import sys
 import threading
 import time
-import weakref
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from types import CodeType, FrameType
-from typing import Any, ClassVar, NamedTuple
+from typing import Any, ClassVar, Protocol
 
 from opentelemetry.sdk.metrics.export import MetricExporter
 
+from otel_sparse._arguments import (
+    ExporterChoice,
+    check_interval,
+    check_max_records,
+    clamp_sampling,
+    describe,
+    hashable,
+    stable_order,
+)
+from otel_sparse._cuda import CudaTimer, timer_device
 from otel_sparse._instruments import (
     DEFAULT_TIMER_BOUNDARIES,
     InstrumentKind,
@@ -36,9 +42,16 @@ from otel_sparse._instruments import (
     make_spec,
 )
 from otel_sparse._safety import printable
-from otel_sparse._values import Refusal, capture, captures_by_type
-from otel_sparse.config import Settings, parse_exporters, sigterm_handler_enabled
-from otel_sparse.event import LogEvent
+from otel_sparse._values import Refusal, capture, captures_by_type, take_metadata
+from otel_sparse.config import Settings
+from otel_sparse.event import EventContext, LogEvent
+from otel_sparse.lifecycle import (
+    after_fork_in_child,
+    close_quietly,
+    exiting,
+    install_sigterm_handler,
+    register,
+)
 from otel_sparse.pipeline import DropCounter, Pipeline
 
 _logger = logging.getLogger("otel_sparse")
@@ -52,11 +65,32 @@ drop the oldest. ``flush_every`` above ``QUEUE_MAXLEN - 256`` hands over at that
 
 _now = datetime.now
 _getframe = sys._getframe
-_live_loggers: weakref.WeakSet[MicroMetricLogger] = weakref.WeakSet()
 
 
 def _new_queue() -> deque[LogEvent]:
     return deque(maxlen=QUEUE_MAXLEN)
+
+
+def _new_lock() -> threading.RLock:
+    """The logger's lock. Never taken twice by one thread: an RLock only because it knows
+    its owner in C (``_is_owned()``), with no moment where a signal could find it held by
+    this thread and not yet recorded as such."""
+    return threading.RLock()
+
+
+def _handoff_size(flush_every: Any) -> int:
+    """Queued events that trigger a hand-off: ``flush_every``, but below the queue's maxlen
+    (a deque(maxlen=10000) would drop the oldest events)."""
+    return int(max(1, min(flush_every, QUEUE_MAXLEN - _HANDOFF_HEADROOM)))
+
+
+class OpenRun(Protocol):
+    """What ``start_run()`` (run.py) leaves on the logger: ends the run, once."""
+
+    def end(
+        self, exc_type: type[BaseException] | None = None, *, status: str | None = None
+    ) -> None:
+        """Flush and close the logger, then record in run.json how the run ended."""
 
 
 class _SingletonMeta(type):
@@ -70,7 +104,28 @@ class _SingletonMeta(type):
         instance = cls.__dict__.get("_instance")
         if instance is not None and not args and not kwargs and cls.__dict__["_initialized"]:
             return instance
-        return super().__call__(*args, **kwargs)
+        # One construction at a time: threads calling MicroMetricLogger() while another
+        # (re)builds the singleton wait for it instead of initialising it alongside.
+        with _constructing.lock:
+            instance = cls.__dict__.get("_instance")
+            if instance is not None and not args and not kwargs and cls.__dict__["_initialized"]:
+                return instance
+            return super().__call__(*args, **kwargs)
+
+
+class _ConstructionLock:
+    """The lock of ``_SingletonMeta.__call__``; a forked child gets a new one (the parent's
+    may have been held by a thread that does not exist in the child)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.RLock()
+
+    def after_fork_in_child(self) -> None:
+        self.lock = threading.RLock()
+
+
+_constructing = _ConstructionLock()
+after_fork_in_child(_constructing.after_fork_in_child)
 
 
 class MicroMetricLogger(metaclass=_SingletonMeta):
@@ -88,6 +143,10 @@ class MicroMetricLogger(metaclass=_SingletonMeta):
     _registered_metrics: ClassVar[dict[str, type]] = {}
     _metric_specs: ClassVar[dict[str, MetricSpec]] = {}
     """Registration options beyond the dtype; consulted only while the dtype still matches."""
+    _run: OpenRun | None = None
+    """The run ``start_run()`` opened on this logger and nothing has ended yet."""
+    _all_enabled = False
+    """Whether the enabled set is ``"all"``: identifiers registered later are enabled too."""
 
     def __new__(cls, *args: Any, **kwargs: Any) -> MicroMetricLogger:
         if cls._instance is None:
@@ -126,38 +185,41 @@ class MicroMetricLogger(metaclass=_SingletonMeta):
                 print(
                     f"Warning: MicroMetricLogger already initialized with log_path: {self.log_path}"
                 )
+            elif self.log_path is None and log_path is not None:
+                self._note_ignored_path(log_path)
             return
         try:
-            max_records = _check_max_records(max_records)
+            max_records = check_max_records(max_records)
         except (TypeError, ValueError):
             if not getattr(self, "_ready", False):
                 type(self)._instance = None  # leave no half-built singleton behind
             raise
-        pipeline: Pipeline | None = getattr(self, "_pipeline", None)
-        if pipeline is not None:  # _initialized was reset on a live instance: start over
-            pipeline.close()
-        self._lock = threading.Lock()
+        if getattr(self, "_ready", False):  # _initialized was reset on a live instance
+            self._start_over()
+        else:
+            self._lock = _new_lock()
+            self._deferred: list[tuple[int, Callable[[], None]]] = []
+            self.log_queue: deque[LogEvent] = _new_queue()
+            self._pipeline: Pipeline | None = None
+            self._log_path: str | None = None
         # Never the global generator: the researcher's random stream stays theirs.
         self._rng = random.Random()
         self._warned: set[tuple[str, Any]] = set()
         self._drops = DropCounter()
         self._locations: dict[CodeType, str] = {}
         self._context: EventContext | None = None
-        self._pipeline: Pipeline | None = None
-        self._exporters = _ExporterChoice.parse(exporters)
+        self._exporters = ExporterChoice.parse(exporters)
         self._seq = itertools.count()
         self._capped_now = False
         self._is_fork_child = False
         self.flush_every = flush_every
-        self.flush_interval = _check_interval(flush_interval)
-        self.log_queue: deque[LogEvent] = _new_queue()
+        self.flush_interval = check_interval(flush_interval)
         self.enabled_metrics = set()
         self.last_flush_time = time.time()
         self.max_records = max_records
-        self.sampling_factor = _clamp_sampling(sampling_factor)
-        self._log_path: str | None = None
+        self.sampling_factor = clamp_sampling(sampling_factor)
         self._ready = True
-        _live_loggers.add(self)
+        register(self)
         if log_path is not None:
             self.log_path = log_path
             self.enable_metrics(enabled_metrics)
@@ -176,6 +238,7 @@ class MicroMetricLogger(metaclass=_SingletonMeta):
         description: str = "",
         boundaries: Sequence[float] | None = None,
         attributes: Sequence[str] = (),
+        histogram: str | None = None,
     ) -> None:
         """Register an identifier and its dtype; keywords describe its OTel instrument.
 
@@ -187,22 +250,32 @@ class MicroMetricLogger(metaclass=_SingletonMeta):
             description: shown by backends next to the metric.
             boundaries: histogram bucket bounds (default: fine-grained over [0, 1]).
             attributes: metadata keys, beyond layer/head, that become attributes.
+            histogram: ``"explicit"`` or ``"exponential"`` buckets for a float histogram;
+                None follows ``OTEL_SPARSE_HISTOGRAM`` (default explicit). ``boundaries``
+                and int dtypes mean explicit.
 
         Raises:
             ValueError: options that cannot describe an instrument (at registration, never
                 later inside ``log()``).
         """
-        if not _hashable(identifier):
+        if not hashable(identifier):
             raise TypeError(
                 f"metric identifiers must be strings, got unhashable {type(identifier).__name__}"
             )
         spec = make_spec(identifier, dtype, kind=kind, unit=unit, description=description,
-                         boundaries=boundaries, attributes=attributes)
+                         boundaries=boundaries, attributes=attributes, histogram=histogram)
         if identifier in cls._registered_metrics:
             print(f"Warning: Metric '{printable(str(identifier))}' is being re-registered")
         cls._registered_metrics[identifier] = dtype
         cls._metric_specs[identifier] = spec
-        pipeline = cls._instance._pipeline if cls._instance is not None else None
+        instance = cls._instance
+        if instance is None or not getattr(instance, "_ready", False):
+            return
+        if instance._all_enabled and identifier not in instance._enabled:
+            # "all" means every identifier, registered before or after enable_metrics("all")
+            instance.enabled_metrics = instance._enabled | {identifier}
+            instance._all_enabled = True
+        pipeline = instance._pipeline
         if pipeline is not None and identifier in pipeline.specs:
             pipeline.enable(spec)
 
@@ -231,30 +304,37 @@ class MicroMetricLogger(metaclass=_SingletonMeta):
     @enabled_metrics.setter
     def enabled_metrics(self, metrics: set[str]) -> None:
         self._enabled = metrics
+        self._all_enabled = False  # a set chosen by hand stays as chosen
         # A bound C method: the disabled check costs an attribute load and a set lookup.
         self.is_metric_enabled = metrics.__contains__  # type: ignore[method-assign,assignment]
         self._sync_specs()
 
     def enable_metrics(self, metrics: list[str] | set[str] | str | None = None) -> None:
-        """Enable ``"all"`` registered metrics, or those of a list/set; None enables nothing."""
+        """Enable ``"all"`` metrics, or those of a list/set; None enables nothing.
+
+        ``"all"`` also enables identifiers registered later, until the next call.
+        """
         registered = self._registered_metrics
         if isinstance(metrics, str) and metrics == "all":
             self.enabled_metrics = set(registered)
+            self._all_enabled = True
         elif isinstance(metrics, (list, set)):
             try:
                 wanted = set(metrics)
             except TypeError:
-                wanted = {m for m in metrics if _hashable(m)}
+                wanted = {m for m in metrics if hashable(m)}
                 _logger.warning("otel_sparse: enable_metrics ignored unhashable entries")
             invalid = wanted - set(registered)
             if invalid:
                 print(f"Warning: Attempting to enable unregistered metrics: {invalid}")
+                for identifier in stable_order(invalid):
+                    self._hint_unregistered(identifier)
             self.enabled_metrics = wanted & set(registered)
         else:
             if metrics is not None:  # the old API enables nothing here; say so, once a call
                 _logger.warning(
                     "otel_sparse: enable_metrics expects 'all', a list or a set of identifiers, "
-                    "got %s; no metric is enabled", _describe(metrics),
+                    "got %s; no metric is enabled", describe(metrics),
                 )
             self.enabled_metrics = set()
 
@@ -270,7 +350,7 @@ class MicroMetricLogger(metaclass=_SingletonMeta):
         pipeline = getattr(self, "_pipeline", None)
         if pipeline is None:
             return
-        for identifier in _stable_order(self._enabled):
+        for identifier in stable_order(self._enabled):
             spec = self._spec_for(identifier)
             if spec is not None:
                 pipeline.enable(spec)
@@ -287,8 +367,9 @@ class MicroMetricLogger(metaclass=_SingletonMeta):
     ) -> None:
         """Record one value. Cost: a set lookup, a frame lookup, one LogEvent and an append.
 
-        Takes no lock: the record count is an ``itertools.count`` and the append is one
-        deque operation, both atomic. Tensors are cloned on their own device (never read
+        Takes no lock, except in the one call of ``flush_every`` that hands the full queue to
+        the writer: the record count is an ``itertools.count`` and the append is one deque
+        operation, both atomic. Tensors are cloned on their own device (never read
         back to the host here); host copies happen in the background writer, batched.
         """
         try:
@@ -303,6 +384,7 @@ class MicroMetricLogger(metaclass=_SingletonMeta):
                 self._drops.add("sampling", identifier,
                                 why=f"sampling_factor={sampling} keeps a random share of events")
                 return
+            metadata = take_metadata(metadata)  # the caller may reuse and change its dict
             tp = type(value)
             if tp is not float and tp is not int and value is not None:
                 # the type's capture function straight from its cache: one call, not two
@@ -316,9 +398,9 @@ class MicroMetricLogger(metaclass=_SingletonMeta):
                 location = self._locations.get(frame.f_code)
                 if location is None:
                     location = self._locate(frame)
-            event = LogEvent(_now(), identifier, value, metadata or {}, location)
+            event = LogEvent(_now(), identifier, value, metadata, location)
             if self._context is not None:
-                event.context = self._context  # type: ignore[attr-defined]  # see event.py
+                event.context = self._context  # not a field: see event.py
             taken = next(self._seq)
             if limit is not None and taken >= limit:
                 self._capped_now = True  # this call (or another thread) took the last slot
@@ -342,8 +424,8 @@ class MicroMetricLogger(metaclass=_SingletonMeta):
             _logger.warning("otel_sparse: flush_every=%r is not a number; using 1000", value)
             value = 1000
         self._flush_every: int = value  # as given: float("inf") and 0 included
-        # The queue is a deque(maxlen=10000): hand over before it could drop anything.
-        self._handoff_at = int(max(1, min(value, QUEUE_MAXLEN - _HANDOFF_HEADROOM)))
+        if self._pipeline is not None or not hasattr(self, "_handoff_at"):
+            self._handoff_at = _handoff_size(value)
 
     def _capped(self, identifier: str) -> bool:
         """True (and counted) once ``max_records`` events were recorded."""
@@ -361,12 +443,55 @@ class MicroMetricLogger(metaclass=_SingletonMeta):
 
     def _hand_off(self, queue: deque[LogEvent]) -> None:
         """Give the full queue to the writer: a swap and an append, O(1)."""
-        with self._lock:
-            if self.log_queue is not queue:
-                return  # another thread handed it off first
-            self.log_queue = _new_queue()
-            self.last_flush_time = time.time()
-            self._pipeline_or_start().submit(queue)
+        if self.defer_if_busy(self._hand_off_now):
+            return  # a handler or finaliser inside our section: handed off when it ends
+        try:
+            with self._lock:
+                if self.log_queue is not queue or self._log_path is None:
+                    return  # another thread handed it off first, or a reconstruction runs
+                # Submitted before the swap: an exception in between (Ctrl-C raises anywhere)
+                # leaves the batch both submitted and queued, written either way, never lost.
+                pipeline = self._pipeline_or_start()
+                pipeline.submit(queue)
+                self.log_queue = _new_queue()
+                self.last_flush_time = time.time()
+            if not pipeline.background:  # interpreter exit: no thread would write it
+                pipeline.write_now()
+        finally:
+            if self._deferred:
+                self._run_deferred()
+
+    def _hand_off_now(self) -> None:
+        queue = self.log_queue
+        if queue:
+            self._hand_off(queue)
+
+    def defer_if_busy(self, call: Callable[[], None]) -> bool:
+        """Lifecycle protocol: True, and ``call`` runs when the section ends, if this thread is
+        inside this logger's locked section.
+
+        Signal handlers run on the main thread between two bytecodes, and ``__del__`` and
+        finalisers on whichever thread the garbage collector interrupts: possibly one holding
+        the lock. Waiting for it there would wait forever, so the call is put off until the
+        section ends, on the same thread (``_run_deferred`` in a ``finally``).
+        """
+        if not self._lock._is_owned():  # type: ignore[attr-defined]
+            return False
+        entry = (threading.get_ident(), call)
+        if entry not in self._deferred:
+            self._deferred.append(entry)
+        return True
+
+    def _run_deferred(self) -> None:
+        """Run the calls this thread put off while it held the lock (now released)."""
+        me = threading.get_ident()
+        while not self._lock._is_owned():  # type: ignore[attr-defined]
+            mine = next((entry for entry in self._deferred if entry[0] == me), None)
+            if mine is None:
+                return
+            with contextlib.suppress(ValueError):  # another thread's finally took it
+                self._deferred.remove(mine)
+            mine[1]()
 
     def _not_logged(self, identifier: Any) -> None:
         shown = printable(str(identifier))  # one stdout line, whatever the identifier holds
@@ -377,16 +502,51 @@ class MicroMetricLogger(metaclass=_SingletonMeta):
         else:
             key = ("disabled", identifier)
             message = f"Warning: Attempting to log metric '{shown}' which is not enabled"
-        if not _hashable(identifier):
+        if not hashable(identifier):
             key = (key[0], repr(identifier))
         if key not in self._warned:  # once per id per logger: the old code printed every call
             self._warned.add(key)
             print(message)
+            if key[0] == "disabled":
+                self._hint_unregistered(identifier)
+
+    def _hint_unregistered(self, identifier: Any) -> None:
+        """Once per id: say through logging that it was never registered, with close matches.
+
+        The contract's stdout lines stay as they are; this is the extra, searchable hint.
+        """
+        registered = self._registered_metrics
+        if not isinstance(identifier, str) or identifier in registered:
+            return
+        key = ("unregistered", identifier)
+        if key in self._warned:
+            return
+        self._warned.add(key)
+        import difflib  # cold path: only for identifiers that were never registered
+
+        close = difflib.get_close_matches(identifier, [m for m in registered if isinstance(m, str)])
+        _logger.warning(
+            "otel_sparse: metric %r was never registered (call "
+            "MicroMetricLogger.register_metric(%r, float) first)%s", identifier, identifier,
+            f"; close matches: {', '.join(close)}" if close else "",
+        )
+
+    def _note_ignored_path(self, log_path: Any) -> None:
+        """Once: a later ``MicroMetricLogger(log_path=...)`` cannot configure the singleton."""
+        if ("ignored_path", None) in self._warned:
+            return
+        self._warned.add(("ignored_path", None))
+        _logger.warning(
+            "otel_sparse: MicroMetricLogger(log_path=%r) ignored: the singleton was already "
+            "created without a log_path (by an earlier MicroMetricLogger() call), and only the "
+            "first call applies its arguments; call MicroMetricLogger().configure_logging(%r, "
+            "enabled_metrics=...) or otel_sparse.start_run() instead", log_path, log_path,
+        )
 
     def _internal_error(self, identifier: Any, exc: Exception) -> None:
         """Count what made ``log()`` fail. Never raises, whatever the identifier or error."""
         try:
-            if not _hashable(identifier):  # cannot be registered, so never enabled: step 2
+            if not hashable(identifier):  # cannot be registered, so never enabled: step 2
                 self._not_logged(identifier)
                 return
             reason, name = "internal_error", str(identifier)[:200]
@@ -410,6 +570,8 @@ class MicroMetricLogger(metaclass=_SingletonMeta):
     def log_path(self, path: str | None) -> None:
         if path == self._log_path and (path is None or self._pipeline is not None):
             return
+        if self._log_path is not None and path != self._log_path:
+            self.flush()  # what was queued for the old path is written there, not in the new
         with self._lock:  # path and pipeline change together for threads handing off batches
             pipeline, self._pipeline = self._pipeline, None
             self._log_path = path
@@ -423,7 +585,7 @@ class MicroMetricLogger(metaclass=_SingletonMeta):
             except Exception:
                 self._log_path = None
                 raise
-            _install_sigterm_handler()
+            install_sigterm_handler()
 
     def configure_logging(
         self,
@@ -441,9 +603,9 @@ class MicroMetricLogger(metaclass=_SingletonMeta):
         Raises:
             TypeError, ValueError: ``max_records`` that is neither None nor a number.
         """
-        max_records = _check_max_records(max_records)
+        max_records = check_max_records(max_records)
         if exporters is not None:
-            wanted = _ExporterChoice.parse(exporters)
+            wanted = ExporterChoice.parse(exporters)
             if wanted != self._exporters and self._pipeline is not None:
                 with self._lock:
                     pipeline, self._pipeline = self._pipeline, None
@@ -454,7 +616,7 @@ class MicroMetricLogger(metaclass=_SingletonMeta):
         self.enable_metrics(enabled_metrics)
         with self._lock:
             self.max_records = max_records
-            self.sampling_factor = _clamp_sampling(sampling_factor)
+            self.sampling_factor = clamp_sampling(sampling_factor)
             self._seq = itertools.count()
             self._capped_now = False
 
@@ -525,12 +687,19 @@ class MicroMetricLogger(metaclass=_SingletonMeta):
             attributes=attributes,
         )
 
-    def timer(self, identifier: str, **metadata: Any) -> Timer | _NullTimer:
-        """Time a block into histogram ``identifier``, in seconds (``perf_counter``).
+    def timer(
+        self, identifier: str, *, device: Any = None, **metadata: Any
+    ) -> Timer | CudaTimer | _NullTimer:
+        """Time a block into histogram ``identifier``, in seconds.
 
-        ``with logger.timer("attention_time", layer=l):``. A disabled identifier costs one
-        set lookup; an enabled one two clock reads and one ``log()``. The time measured is
-        the host's: for GPU work, it covers launching kernels, not running them.
+        ``with logger.timer("attention_time", layer=l):`` times host time (``perf_counter``):
+        for GPU work, that covers launching kernels, not running them.
+        ``with logger.timer("attention_time", device="cuda", layer=l):`` times GPU time: two
+        CUDA timing events on the device's current stream, resolved by the background writer
+        once the GPU passed them (the caller never waits). ``device`` is "cuda", "cuda:N",
+        N or a torch.device; without CUDA it falls back to host time, with a one-time note.
+        A disabled identifier costs one set lookup; an enabled one two clock reads (or two
+        recorded events) and one ``log()``.
         """
         if identifier not in self._enabled or self._log_path is None:
             self._not_logged(identifier)
@@ -539,42 +708,107 @@ class MicroMetricLogger(metaclass=_SingletonMeta):
         location = self._locations.get(frame.f_code)
         if location is None:
             location = self._locate(frame)
+        if device is not None:
+            index = timer_device(device)
+            if index is not None:
+                return CudaTimer(self, identifier, metadata, location, index)
         return Timer(self, identifier, metadata, location)
 
     # -- flushing ------------------------------------------------------------------------
 
     def flush(self) -> None:
-        """Write every queued event now (synchronously) and export the local metric files."""
+        """Write every queued event now (synchronously) and export the local metric files.
+
+        From a signal handler or finaliser that interrupted this logger's locked section on
+        the same thread, returns at once: the flush runs when that section ends.
+        """
+        if self.defer_if_busy(self.flush):
+            return
+        try:
+            self._flush()
+        finally:
+            if self._deferred:
+                self._run_deferred()
+
+    def _flush(self) -> None:
         self.last_flush_time = time.time()
         if self._log_path is None:
             return
         with self._lock:
             queue = self.log_queue
-            self.log_queue = _new_queue()
             pipeline = self._pipeline
-            if queue:
+            if queue and self._log_path is not None:
                 # Submitted under the lock, like every swap: batches reach the writer in
                 # the order they were swapped out, so each thread's events stay in order.
+                # Before the swap, as in _hand_off: an exception between the two loses nothing.
                 pipeline = self._pipeline_or_start()
                 pipeline.submit(queue)
+                self.log_queue = _new_queue()
         if pipeline is not None:
             # The writer pops the events from ``queue``: it is empty once this returns.
             pipeline.write_now()
 
     def close(self) -> None:
-        """Flush, export a last time and stop the background threads (restart on next use)."""
+        """Flush, export a last time and stop the background threads.
+
+        The next ``log()`` starts them again (at interpreter exit, it writes synchronously):
+        events logged after a close are written within the write delay, as before it. From a
+        signal handler or finaliser inside this logger's locked section, the close runs when
+        that section ends.
+        """
         if not getattr(self, "_ready", False):
             return
-        if self._log_path is not None:
-            self.flush()
-        with self._lock:  # detached first: no other thread hands a batch to a closing pipeline
-            pipeline, self._pipeline = self._pipeline, None
-        if pipeline is not None:
-            pipeline.close()
+        if self.defer_if_busy(self.close):
+            return
+        try:
+            if self._log_path is not None:
+                self._flush()
+            with self._lock:  # detached first: no thread hands a batch to a closing pipeline
+                pipeline, self._pipeline = self._pipeline, None
+                self._handoff_at = 1  # the next log() hands off, and so starts a writer
+            if pipeline is not None:
+                pipeline.close()
+        finally:
+            if self._deferred:
+                self._run_deferred()
+
+    def _start_over(self) -> None:
+        """Reconstruction of a live logger: write what it queued, then forget its path.
+
+        The lock and the queue stay: threads that hold this logger keep logging into it
+        meanwhile, and what they queue is written once the new path is set.
+        """
+        self.close()
+        with self._lock:  # from here hand-offs keep their queue: none starts a pipeline
+            self._log_path = None
+            stray, self._pipeline = self._pipeline, None
+        if stray is not None:  # started by a hand-off between the close and the lock
+            stray.close()
+
+    def __enter__(self) -> MicroMetricLogger:
+        """``with otel_sparse.start_run(...) as logger:`` (or ``with MicroMetricLogger(...)``)."""
+        self.__dict__.setdefault("_blocks", []).append(self._run)
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
+        """End the run this block opened, recording how it ended; without one, ``close()``.
+
+        A run another ``start_run()`` already superseded stays as it was ended.
+        """
+        blocks = self.__dict__.get("_blocks")
+        run = blocks.pop() if blocks else None
+        if run is None:
+            self.close()
+        else:
+            run.end(exc_type)
 
     def __del__(self) -> None:
-        with contextlib.suppress(Exception):  # never raise from a finaliser (interpreter exit)
-            self.close()
+        close_quietly(self)  # garbage collection flushes, as the old API promised
+
+    def close_timeout_s(self) -> float | None:
+        """Seconds ``close()`` may spend exporting (lifecycle protocol); None without a writer."""
+        pipeline = self._pipeline
+        return pipeline.settings.shutdown_timeout_s if pipeline is not None else None
 
     def _pipeline_or_start(self) -> Pipeline:
         pipeline = self._pipeline
@@ -584,18 +818,25 @@ class MicroMetricLogger(metaclass=_SingletonMeta):
             settings = Settings.from_env(exporters=choice.names if choice else None)
             pipeline = Pipeline(self, self._log_path, settings, self._drops,
                                 is_fork_child=self._is_fork_child,
-                                extra_exporters=choice.instances if choice else ())
+                                extra_exporters=choice.instances if choice else (),
+                                background=not exiting())
             self._pipeline = pipeline
+            # After a close the hand-off size was 1 (to get here); at exit it stays 1:
+            # with no writer thread, every event is written as it comes.
+            self._handoff_at = _handoff_size(self._flush_every) if pipeline.background else 1
             self._sync_specs()
         return pipeline
 
-    def _take_stale_queue(self, max_age_s: float) -> deque[LogEvent] | None:
-        """Called by the writer: the queue, if its oldest event waited ``max_age_s``.
+    def take_stale_queue(self, max_age_s: float) -> deque[LogEvent] | None:
+        """Called by the writer (``QueueOwner``): the queue, if its oldest event waited
+        ``max_age_s`` (or ``flush_interval``, whichever is shorter).
 
         Submitted here, under the lock (then None is returned), when a pipeline exists: a
         batch swapped out here and submitted later could reach the writer after a newer one.
         """
         max_age_s = min(max_age_s, self.flush_interval)
+        if self._deferred:
+            self._run_deferred()
         with self._lock:
             queue = self.log_queue
             if not queue or (_now() - queue[0].timestamp).total_seconds() < max_age_s:
@@ -607,9 +848,11 @@ class MicroMetricLogger(metaclass=_SingletonMeta):
                 return None
             return queue
 
-    def _after_fork_in_child(self) -> None:
-        """A forked child (DataLoader worker) starts clean: the parent writes its own events."""
-        self._lock = threading.Lock()
+    def after_fork_in_child(self) -> None:
+        """Lifecycle protocol: a forked child (DataLoader worker) starts clean; the parent
+        writes its own events."""
+        self._lock = _new_lock()
+        self._deferred = []
         self._rng = random.Random()
         self._drops = DropCounter()
         self._is_fork_child = True
@@ -617,20 +860,6 @@ class MicroMetricLogger(metaclass=_SingletonMeta):
         self._pipeline = None  # its threads did not survive the fork; the parent owns its data
         if self._log_path is not None:
             self._pipeline_or_start()
-
-
-class EventContext:
-    """An immutable snapshot of context values, shared by every event logged under it."""
-
-    __slots__ = ("key", "values")
-
-    def __init__(self, values: dict[str, Any]) -> None:
-        self.values = values
-        try:
-            self.key: Any = tuple(sorted(values.items()))
-            hash(self.key)
-        except TypeError:
-            self.key = None  # unhashable values: encoded per event, never cached
 
 
 class ContextScope:
@@ -688,173 +917,3 @@ class _NullTimer:
 
 
 _NULL_TIMER = _NullTimer()
-
-
-class _ExporterChoice(NamedTuple):
-    """Exporters chosen in code: names resolved by the pipeline, plus ready instances."""
-
-    names: tuple[str, ...]
-    instances: tuple[MetricExporter, ...]
-
-    @classmethod
-    def parse(cls, exporters: Sequence[str | MetricExporter] | None) -> _ExporterChoice | None:
-        """Validate at configuration time; raises ValueError for unknown names."""
-        if exporters is None:
-            return None
-        if isinstance(exporters, (str, MetricExporter)):
-            exporters = [exporters]
-        names = [e for e in exporters if isinstance(e, str)]
-        instances = tuple(e for e in exporters if isinstance(e, MetricExporter))
-        odd = [e for e in exporters if not isinstance(e, (str, MetricExporter))]
-        if odd:
-            raise TypeError(f"exporters must be names or MetricExporter instances, got {odd!r}")
-        return cls(parse_exporters(",".join(names)) if names else (), instances)
-
-
-def _clamp_sampling(value: float) -> float:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        _logger.warning("otel_sparse: sampling_factor=%r is not a number; using 1.0", value)
-        return 1.0
-    if number != number:
-        _logger.warning("otel_sparse: sampling_factor is NaN; using 1.0")
-        return 1.0
-    return max(0.0, min(1.0, number))
-
-
-def _check_max_records(value: Any) -> Any:
-    """``max_records`` as given if it is None or a number; raises (at configuration) if not."""
-    if value is None:
-        return None
-    if not isinstance(value, numbers.Real):
-        raise TypeError(f"max_records must be None or a number of events, got {value!r}")
-    if value != value:
-        raise ValueError("max_records must be None or a number of events, got NaN")
-    if value < 0:
-        _logger.warning("otel_sparse: max_records=%r is negative: no event will be recorded",
-                        value)
-    return value
-
-
-def _check_interval(value: Any) -> Any:
-    """``flush_interval`` as given if it is a number; else a warning and the default, 60.0."""
-    if isinstance(value, numbers.Real) and value == value:
-        return value
-    _logger.warning("otel_sparse: flush_interval=%r is not a number; using 60.0", value)
-    return 60.0
-
-
-def _describe(value: Any) -> str:
-    """A short description of a value for a warning; never raises."""
-    try:
-        text = repr(value)
-    except Exception:
-        text = "?"
-    text = text if len(text) <= 80 else text[:77] + "..."
-    return f"{type(value).__name__} {text}"
-
-
-def _stable_order(identifiers: Iterable[Any]) -> list[Any]:
-    """Identifiers sorted by repr (set order differs between processes), as given if not."""
-    try:
-        return sorted(identifiers, key=repr)
-    except Exception:
-        return list(identifiers)
-
-
-def _hashable(value: Any) -> bool:
-    try:
-        hash(value)
-    except TypeError:
-        return False
-    return True
-
-
-def live_loggers() -> Iterable[MicroMetricLogger]:
-    """Every logger not yet garbage collected."""
-    return list(_live_loggers)
-
-
-def _close_all() -> None:
-    for logger in live_loggers():
-        try:
-            logger.close()
-        except Exception:
-            _logger.exception("otel_sparse: final flush failed")
-
-
-_previous_sigterm: Any = None
-_SIGNAL_CLOSE_SLACK_S = 10.0
-"""Seconds a SIGTERM close may take beyond the shutdown timeout (writing queued events)."""
-
-
-def _install_sigterm_handler() -> None:
-    """Put ``_on_sigterm`` in front of the SIGTERM handler: main thread only, once, if allowed.
-
-    Only over ``SIG_DFL`` or a Python callable: ``SIG_IGN`` and handlers installed outside
-    Python stay as they are.
-    """
-    global _previous_sigterm
-    if threading.current_thread() is not threading.main_thread():
-        return
-    try:
-        current = signal.getsignal(signal.SIGTERM)
-        if current is _on_sigterm or not sigterm_handler_enabled():
-            return
-        if current is not signal.SIG_DFL and not callable(current):
-            return
-        signal.signal(signal.SIGTERM, _on_sigterm)
-    except (ValueError, OSError, AttributeError):  # no SIGTERM here, or not allowed
-        return
-    _previous_sigterm = current
-
-
-def _on_sigterm(signum: int, frame: FrameType | None) -> None:
-    """Close every logger (bounded), then do what the previous handler would have done."""
-    try:
-        _close_all_for_signal()
-    except Exception:
-        _logger.exception("otel_sparse: final flush on SIGTERM failed")
-    previous = _previous_sigterm
-    if callable(previous):
-        previous(signum, frame)
-        return
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # die of SIGTERM, as without us
-    os.kill(os.getpid(), signal.SIGTERM)
-
-
-def _close_all_for_signal() -> None:
-    # The handler runs on the main thread between two bytecodes, possibly inside one of our
-    # locked sections: closing there could wait on itself. A helper thread closes instead,
-    # and the wait for it is bounded.
-    pipelines = [lg._pipeline for lg in live_loggers() if lg._pipeline is not None]
-    limit = max((p.settings.shutdown_timeout_s for p in pipelines), default=3.0)
-    closer = threading.Thread(target=_close_all, name="otel-sparse-sigterm", daemon=True)
-    closer.start()
-    closer.join(limit + _SIGNAL_CLOSE_SLACK_S)
-    if closer.is_alive():
-        _logger.warning("otel_sparse: SIGTERM: the final flush did not finish in time; "
-                        "events of the last moments may be missing")
-
-
-def _after_fork_in_child() -> None:
-    for logger in live_loggers():
-        logger._after_fork_in_child()
-
-
-def _register_child_exit_flush(_: object) -> None:
-    # Runs in a multiprocessing child after it cleared the parent's finalisers. Such children
-    # leave through os._exit, skipping atexit, but run their finalisers first.
-    multiprocessing.util.Finalize(None, _close_all, exitpriority=100)
-
-
-class _ForkHook:
-    """Held for the module's lifetime: multiprocessing keeps after-fork hooks weakly."""
-
-
-_FORK_HOOK = _ForkHook()
-atexit.register(_close_all)
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
-multiprocessing.util.register_after_fork(_FORK_HOOK, _register_child_exit_flush)

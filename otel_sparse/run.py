@@ -1,6 +1,9 @@
 """Runs for the new API: a folder per run under ./otel_sparse_runs, with a manifest.
 
-The old API keeps its own ``log_path``; ``start_run`` is what the CLI and new code use.
+The old API keeps its own ``log_path``; ``start_run`` is what the CLI and new code use. A run
+ends exactly once, however it ends: ``end_run()``, the end of a ``with start_run():`` block
+(normal or by an exception), or the next ``start_run()`` (a notebook cell run again). Its
+queued events are written to its own folder first, and run.json says how it ended.
 """
 
 from __future__ import annotations
@@ -17,19 +20,26 @@ from datetime import datetime, timezone
 from importlib import metadata as importlib_metadata
 from typing import Any
 
-from otel_sparse import config
 from otel_sparse._safety import mask_text
 from otel_sparse._version import __version__
-from otel_sparse.config import Settings
+from otel_sparse.config import Settings, runs_dir
 from otel_sparse.facade import MicroMetricLogger
+from otel_sparse.layout import MANIFEST_NAME
 from otel_sparse.resource import ProcessIdentity, start_new_generated_run_id
 
-MANIFEST_NAME = "run.json"
+FINISHED = "finished"
+"""run.json ``status``: ``end_run()``, or a ``with start_run():`` block that ran to its end."""
+FAILED = "failed"
+"""run.json ``status``: the ``with`` block raised; ``error`` names the exception type."""
+SUPERSEDED = "superseded"
+"""run.json ``status``: a new ``start_run()`` ended the run (it was never ended otherwise)."""
+_STATUS_RANK = {FINISHED: 0, SUPERSEDED: 1, FAILED: 2}
+"""The run's status over its ranks is the worst of theirs."""
 
 
 def default_runs_dir() -> str:
-    """``OTEL_SPARSE_RUN_DIR``, else ``./otel_sparse_runs``."""
-    return os.environ.get(config.OTEL_SPARSE_RUN_DIR, "").strip() or "otel_sparse_runs"
+    """``OTEL_SPARSE_RUN_DIR``, else ``./otel_sparse_runs`` (``config.runs_dir``)."""
+    return runs_dir()
 
 
 def _versions() -> dict[str, str]:
@@ -87,6 +97,18 @@ def _update_manifest(
     if "end" in extra:  # each rank stamps its own end; the run's end is the latest
         entry["end"] = extra["end"]
         extra["end"] = max(str(r.get("end", "")) for r in ranks.values())
+    if "status" in extra:  # each rank says how it ended; the run, the worst of them
+        entry["status"] = extra["status"]
+        entry.pop("error", None)
+        if extra.get("error"):
+            entry["error"] = extra["error"]
+        worst = max((r for r in ranks.values() if "status" in r),
+                    key=lambda r: _STATUS_RANK.get(str(r["status"]), 0))
+        extra["status"] = worst["status"]
+        extra["error"] = worst.get("error")
+        if extra["error"] is None:
+            del extra["error"]
+            manifest.pop("error", None)
     manifest.update(_json_safe(extra))
     tmp = f"{path}.{os.getpid()}.tmp"
     with open(tmp, "w", encoding="utf-8") as f:
@@ -106,6 +128,10 @@ def start_run(
 ) -> MicroMetricLogger:
     """Configure the logger for a new run folder and write its manifest.
 
+    A run this logger still has open is ended first (status ``superseded``): its queued
+    events go to its own folder. Used as ``with start_run(...) as logger:``, the block ends
+    the run (status ``finished``, or ``failed`` with the exception type in ``error``).
+
     Args:
         run_dir: the run's folder; default ``<OTEL_SPARSE_RUN_DIR or ./otel_sparse_runs>/<run id>``.
         params: what the researcher wants kept with the run (masker configuration, say).
@@ -116,11 +142,15 @@ def start_run(
 
     Example:
         >>> import otel_sparse                                        # doctest: +SKIP
-        >>> logger = otel_sparse.start_run(params={"masker": "topk", "k": 32})  # doctest: +SKIP
+        >>> with otel_sparse.start_run(params={"k": 32}) as logger:  # doctest: +SKIP
+        ...     logger.log("research_attention_density", 0.25, {"layer_idx": 0})
     """
+    logger = MicroMetricLogger()
+    previous = logger._run
+    if previous is not None:
+        previous.end(status=SUPERSEDED)
     run_id = start_new_generated_run_id()
     path = run_dir or os.path.join(default_runs_dir(), run_id)
-    logger = MicroMetricLogger()
     metrics: list[str] | str = (
         enabled_metrics if isinstance(enabled_metrics, str) else list(enabled_metrics)
     )
@@ -129,13 +159,49 @@ def start_run(
     logger.configure_logging(path, metrics, max_records=max_records,
                              sampling_factor=sampling_factor, exporters=exporters)
     write_manifest(path, params, started_unix=time.time())
+    logger._run = _Run(logger, path)
     return logger
 
 
+class _Run:
+    """One open run of one logger: ends once, whichever way comes first."""
+
+    def __init__(self, logger: MicroMetricLogger, path: str) -> None:
+        self.logger = logger
+        self.path = path
+        self.ended = False
+
+    def end(
+        self, exc_type: type[BaseException] | None = None, *, status: str | None = None
+    ) -> None:
+        """Write the queued events to this run's folder, close, stamp end time and status."""
+        if self.ended:
+            return
+        self.ended = True
+        logger = self.logger
+        if logger._run is self:
+            logger._run = None
+            logger.clear_context()  # step/stage of this run are not the next run's
+        logger.close()
+        if status is None:
+            status = FINISHED if exc_type is None else FAILED
+        error = exc_type.__name__ if exc_type is not None else None
+        write_manifest(self.path, None, end=datetime.now(timezone.utc).isoformat(),
+                       status=status, error=error)
+
+
 def end_run(logger: MicroMetricLogger | None = None) -> None:
-    """Flush and close the logger and stamp the manifest's end time."""
+    """End the open run (status ``finished``): flush, close, stamp the manifest's end time.
+
+    On a logger configured without ``start_run`` (``MicroMetricLogger(log_path=...)``), it
+    closes the logger and writes run.json in its folder.
+    """
     logger = logger or MicroMetricLogger()
+    run = logger._run
+    if run is not None:
+        run.end()
+        return
     path = logger.log_path
     logger.close()
     if path is not None:
-        write_manifest(path, None, end=datetime.now(timezone.utc).isoformat())
+        write_manifest(path, None, end=datetime.now(timezone.utc).isoformat(), status=FINISHED)

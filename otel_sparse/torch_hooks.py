@@ -21,8 +21,9 @@ Per forward call of the model, with L instrumented layers and M metrics:
 from __future__ import annotations
 
 import logging
+import weakref
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, TypeVar
+from typing import Any, Optional, TypeVar
 
 import torch
 from torch import nn
@@ -48,10 +49,10 @@ _logger = logging.getLogger("otel_sparse")
 DENSITY = "research_attention_density"
 """The metric the default extractor produces: the share of attention entries kept."""
 
-Extractor = Callable[[nn.Module, tuple[Any, ...], Any], Mapping[str, torch.Tensor] | None]
+Extractor = Callable[[nn.Module, tuple[Any, ...], Any], Optional[Mapping[str, torch.Tensor]]]
 """``extractor(module, inputs, output) -> {metric: per_head_tensor}``; run inside the hook."""
 
-LayerIndex = Callable[[str, nn.Module], int | None]
+LayerIndex = Callable[[str, nn.Module], Optional[int]]
 """``layer_index(name, module) -> layer`` (None: leave the module alone)."""
 
 _DESCRIPTIONS = {
@@ -123,7 +124,48 @@ def mask_extractor(attribute: str, *, head_dim: int = 1, metric: str = DENSITY) 
         return {metric: density(mask, head_dim)}
 
     extract.__qualname__ = f"mask_extractor({attribute!r})"
+    _MASK_ATTRIBUTE[extract] = attribute
     return extract
+
+
+_MASK_ATTRIBUTE: weakref.WeakKeyDictionary[Callable[..., Any], str] = weakref.WeakKeyDictionary()
+"""The attribute each ``mask_extractor`` reads: an empty result of one is explained."""
+
+
+def _why_nothing(module: nn.Module, name: str, extract: Extractor, output: Any) -> str | None:
+    """Why a built-in extractor found nothing in ``module``'s call, and what to pass instead.
+
+    None for the researcher's own extractors: returning nothing is theirs to decide.
+    """
+    masks = sorted(key for key, value in vars(module).items()
+                   if isinstance(value, torch.Tensor) and value.dim() >= 2)
+    pass_instead = (f"extractor=mask_extractor({masks[0]!r})" if masks else
+                    "extractor=mask_extractor('<attribute that holds the mask>')")
+    where = f"{name} ({type(module).__name__})"
+    if extract is default_extractor:
+        returned = type(output).__name__
+        if isinstance(output, (tuple, list)):
+            returned = f"{returned} of " + ", ".join(_describe(item) for item in output)
+        elif isinstance(output, torch.Tensor):
+            returned = _describe(output)
+        fix = f"pass {pass_instead}, or your own extractor(module, inputs, output)"
+        if isinstance(module, nn.MultiheadAttention):
+            fix = f"call it with need_weights=True, average_attn_weights=False, or {fix}"
+        return (f"{where} returned no [batch, heads, q, k] attention weights (it returned "
+                f"{returned}), so the default extractor logs nothing for it: {fix} "
+                "(docs/torch.md)")
+    attribute = _MASK_ATTRIBUTE.get(extract)
+    if attribute is not None:
+        return (f"{where} has no tensor attribute {attribute!r} after its forward, so "
+                f"mask_extractor({attribute!r}) logs nothing for it: pass {pass_instead}, or "
+                "your own extractor(module, inputs, output) (docs/torch.md)")
+    return None
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, torch.Tensor):
+        return f"a {value.dim()}-D tensor"
+    return type(value).__name__
 
 
 def is_attention_module(module: nn.Module) -> bool:
@@ -165,6 +207,8 @@ class _LayerHook:
         self.latest: tuple[Any, ...] | None = None
         """Values a compiled forward left for ``Handle._after`` (None: nothing pending)."""
         self.failed = False
+        self.explained = False
+        """Whether the one warning for a call that gave nothing to log was given."""
 
     def __call__(self, module: nn.Module, inputs: tuple[Any, ...], output: Any) -> None:
         if torch.compiler.is_compiling():
@@ -188,7 +232,16 @@ class _LayerHook:
                 _logger.warning("otel_sparse: extractor failed on %s (layer %d): %s: %s",
                                 self.name, self.index, type(exc).__name__, exc)
             return
+        if values is None and not self.explained:
+            self.explain(module, output)
         handle.emit(self, values)
+
+    def explain(self, module: nn.Module, output: Any) -> None:
+        """Once per module: a built-in extractor found nothing, so say why (never silent)."""
+        self.explained = True
+        why = _why_nothing(module, self.name, self.extract, output)
+        if why is not None:
+            _logger.warning("otel_sparse: instrument_attention: layer %d: %s", self.index, why)
 
 
 def _pick(values: Mapping[str, Any] | None, metrics: tuple[str, ...]) -> tuple[Any, ...] | None:
@@ -240,7 +293,7 @@ class Handle:
         if values is None:
             return
         logger = self._logger if self._logger is not None else MicroMetricLogger()
-        for metric, value in zip(self.metrics, values, strict=True):
+        for metric, value in zip(self.metrics, values):  # same length: one value per metric
             if value is not None:
                 logger.log(metric, value, hook.metadata, _location=hook.location)
 
@@ -318,7 +371,9 @@ def _register(metrics: Sequence[str], logger: MicroMetricLogger | None) -> None:
         )
     target = logger if logger is not None else MicroMetricLogger._instance
     if new and target is not None and target.is_logging_configured():
-        target.enable_metrics(target.get_enabled_metrics() | set(new))
+        missing = set(new) - target.get_enabled_metrics()
+        if missing:  # under "all" there are none: enabling a set here would end "all"
+            target.enable_metrics(target.get_enabled_metrics() | missing)
 
 
 def instrument_attention(

@@ -6,6 +6,8 @@
 
 collector-config/agent.yaml   -> deploy/kubernetes/agent-configmap.yaml   (otelcol-sparse-agent)
 collector-config/gateway.yaml -> deploy/kubernetes/gateway-configmap.yaml (otelcol-sparse-gateway)
+collector-config/aggregation.yaml -> deploy/kubernetes/aggregator-configmap.yaml
+                                     (otel-sparse-aggregator, key aggregation.yaml, for vmagent)
 
 Each ConfigMap holds the file verbatim under the key config.yaml, so the cluster runs
 exactly the config that the tests exercise; environment-specific values (listen host,
@@ -24,19 +26,31 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 NAMESPACE = "otel-sparse"
 
-# (source config, output manifest, ConfigMap name, component label)
+# (source config, output manifest, ConfigMap name, component label, data key, app label)
 CONFIGMAPS = (
     (
         "collector-config/agent.yaml",
         "deploy/kubernetes/agent-configmap.yaml",
         "otelcol-sparse-agent",
         "agent",
+        "config.yaml",
+        "otelcol-sparse",
     ),
     (
         "collector-config/gateway.yaml",
         "deploy/kubernetes/gateway-configmap.yaml",
         "otelcol-sparse-gateway",
         "gateway",
+        "config.yaml",
+        "otelcol-sparse",
+    ),
+    (
+        "collector-config/aggregation.yaml",
+        "deploy/kubernetes/aggregator-configmap.yaml",
+        "otel-sparse-aggregator",
+        "aggregator",
+        "aggregation.yaml",
+        "vmagent",
     ),
 )
 
@@ -61,7 +75,8 @@ def _block_scalar(text: str, indent: str) -> str:
     return indicator + "\n" + "\n".join(lines) + "\n"
 
 
-def render(source: str, name: str, component: str) -> str:
+def render(source: str, name: str, component: str, key: str = "config.yaml",
+           app: str = "otelcol-sparse") -> str:
     """The ConfigMap manifest for one config file, as text."""
     text = (REPO / source).read_text(encoding="utf-8")
     manifest = (
@@ -72,20 +87,20 @@ def render(source: str, name: str, component: str) -> str:
         + f"  name: {name}\n"
         + f"  namespace: {NAMESPACE}\n"
         + "  labels:\n"
-        + "    app.kubernetes.io/name: otelcol-sparse\n"
+        + f"    app.kubernetes.io/name: {app}\n"
         + f"    app.kubernetes.io/component: {component}\n"
         + "    app.kubernetes.io/part-of: otel-sparse\n"
         + "data:\n"
-        + "  config.yaml: "
+        + f"  {key}: "
         + _block_scalar(text, "    ")
     )
     # Literal blocks cannot carry every string (trailing spaces on the last line, tabs in the
     # indentation, ...); fall back to PyYAML's quoting when the round trip is not exact.
-    if yaml.safe_load(manifest)["data"]["config.yaml"] != text:
+    if yaml.safe_load(manifest)["data"][key] != text:
         doc = yaml.safe_load(manifest)
-        doc["data"]["config.yaml"] = text
+        doc["data"][key] = text
         manifest = HEADER.format(source=source) + yaml.safe_dump(doc, sort_keys=False, width=1000)
-    assert yaml.safe_load(manifest)["data"]["config.yaml"] == text
+    assert yaml.safe_load(manifest)["data"][key] == text
     return manifest
 
 
@@ -99,8 +114,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     stale = []
-    for source, output, name, component in CONFIGMAPS:
-        wanted = render(source, name, component)
+    for source, output, name, component, key, app in CONFIGMAPS:
+        wanted = render(source, name, component, key, app)
         path = REPO / output
         current = path.read_text(encoding="utf-8") if path.exists() else None
         if current == wanted:

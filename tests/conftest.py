@@ -35,9 +35,9 @@ def _class_dicts() -> list[dict]:
 
 def _live_loggers() -> list[MicroMetricLogger]:
     """Every logger still alive: the singleton and any orphaned by an earlier reset."""
-    from otel_sparse import facade
+    from otel_sparse import lifecycle
 
-    found = list(facade.live_loggers()) if hasattr(facade, "live_loggers") else []
+    found = [lg for lg in lifecycle.live_loggers() if isinstance(lg, MicroMetricLogger)]
     current = MicroMetricLogger._instance
     if current is not None and all(current is not lg for lg in found):
         found.append(current)

@@ -354,3 +354,225 @@ class TestEventFollower:
         assert [r["metric"] for _, r in polled] == ["c", "d", "e"]
         assert polled[-1][0].rank == 1 and polled[-1][0].pid == 7
         assert follower.poll() == []
+
+
+# -- context, parameters, selections, sweeps -------------------------------------------------
+
+from otel_sparse.analysis import (  # noqa: E402
+    compare,
+    filter_events,
+    layer_head_panels,
+    metric_over_steps,
+    parse_where,
+    plot_heatmap,
+    plot_heatmaps,
+    plot_over_steps,
+    run_labels,
+)
+from tests import _sweep  # noqa: E402
+from tests._sweep import DENSITY as SWEEP_DENSITY  # noqa: E402
+from tests._sweep import ERROR as SWEEP_ERROR  # noqa: E402
+
+
+@pytest.fixture
+def sweep(tmp_path: Path, clean: None) -> list[Path]:
+    """Three runs, k = 8, 16, 32, with step and stage contexts (tests/_sweep.py)."""
+    return _sweep.write_sweep(tmp_path / "sweep")
+
+
+class TestContextColumns:
+    """read_run's events carry context keys, metadata keys and run.json parameters."""
+
+    def test_step_stage_and_params_are_typed_columns(self, sweep: list[Path]) -> None:
+        """step is Int64, stage text, k Int64, masker text; every value where it was logged."""
+        events = read_run(sweep[0]).events
+        assert str(events["step"].dtype) == "Int64" and str(events["k"].dtype) == "Int64"
+        assert set(events["stage"]) == {"prefill", "decode"}
+        assert set(events["k"]) == {8} and set(events["masker"]) == {"topk"}
+        per_step = events[events["metric"] == SWEEP_DENSITY].groupby("step").size()
+        assert per_step.to_dict() == {s: 2 * _sweep.LAYERS * _sweep.HEADS
+                                      for s in range(_sweep.STEPS)}
+        decode = events[(events["stage"] == "decode") & (events["metric"] == SWEEP_ERROR)]
+        expected_mean = _sweep.values(_sweep.error, 8, stages=("decode",)).mean()
+        assert decode["value"].mean() == expected_mean
+
+    def test_colliding_keys_get_documented_prefixes(self, tmp_path: Path, clean: None) -> None:
+        """A context key named like an event column becomes context_<key>; a metadata key
+        named like a context key meta_<key>; a parameter named like either param_<key>."""
+        from otel_sparse.analysis import CONTEXT_PREFIX, METADATA_PREFIX, PARAM_PREFIX
+
+        MicroMetricLogger.register_metric("d", float)
+        logger = otel_sparse.start_run(str(tmp_path / "r"), params={"stage": "sweep-a",
+                                                                   "masker": {"k": 4}})
+        with logger.context(stage="decode", value="ctx", step=3):
+            logger.log("d", 0.25, {"layer_idx": 1, "step": 99, "seq": 7})
+        otel_sparse.end_run(logger)
+        row = read_run(tmp_path / "r").events.iloc[0]
+        assert row["value"] == 0.25 and row["layer"] == 1
+        assert row["stage"] == "decode" and row["step"] == 3
+        assert row[CONTEXT_PREFIX + "value"] == "ctx"
+        assert row[METADATA_PREFIX + "step"] == 99 and row["seq"] == 7
+        assert row[PARAM_PREFIX + "stage"] == "sweep-a" and row["masker.k"] == 4
+        assert "layer_idx" not in row.index  # the layer alias is the layer column
+
+    def test_points_time_is_a_utc_timestamp(self, sweep: list[Path]) -> None:
+        """points["time"] holds the metrics.jsonl timestamp as UTC datetimes, never NaT."""
+        data = read_run(sweep[0])
+        time = data.points["time"]
+        assert len(time) and str(time.dtype).startswith("datetime64") and str(time.dt.tz) == "UTC"
+        assert time.notna().all()
+        start = pd.Timestamp(data.manifest["start"])
+        end = pd.Timestamp(data.manifest["end"])
+        assert ((time >= start) & (time <= end + pd.Timedelta(seconds=5))).all()
+
+
+class TestSelect:
+    """--where and --by as functions."""
+
+    def test_where_same_key_or_different_keys_and(self, sweep: list[Path]) -> None:
+        events = read_run(sweep).events
+        where = parse_where(["stage=decode", "k=8", "k=32"])
+        assert where == {"stage": ["decode"], "k": ["8", "32"]}
+        picked = filter_events(events, where)
+        assert set(picked["stage"]) == {"decode"} and set(picked["k"]) == {8, 32}
+        assert len(picked) == len(events) // 2 * 2 // 3
+
+    def test_where_unknown_key_lists_keys(self, sweep: list[Path]) -> None:
+        with pytest.raises(AnalysisError, match=r"no such key.*stage"):
+            filter_events(read_run(sweep[0]).events, {"phase": ["decode"]})
+        with pytest.raises(AnalysisError, match="KEY=VALUE"):
+            parse_where(["stage"])
+
+    def test_summarize_by_stage_does_not_blend(self, sweep: list[Path]) -> None:
+        """Decode and prefill get their own rows, each the exact mean of its values."""
+        stats = summarize(read_run(sweep[0]).events, metric=SWEEP_ERROR, by=["stage"])
+        assert list(stats.columns[:3]) == ["stage", "metric", "layer"]
+        for row in stats.to_dict("records"):
+            values = _sweep.values(_sweep.error, 8, stages=(row["stage"],), layer=row["layer"])
+            assert row["count"] == values.size and row["mean"] == values.mean()
+            assert row["p95"] == pytest.approx(np.percentile(values, 95))
+
+
+class TestCompare:
+    """compare(): runs side by side, labelled by their parameters."""
+
+    def test_numbers_and_differences(self, sweep: list[Path]) -> None:
+        table = compare(read_run(sweep), metric=SWEEP_DENSITY, where={"stage": ["decode"]})
+        assert list(dict.fromkeys(table["label"])) == ["k=8", "k=16", "k=32"]
+        assert len(table) == 3 * _sweep.LAYERS
+        for row in table.to_dict("records"):
+            k = int(row["label"].split("=")[1])
+            values = _sweep.values(_sweep.density, k, stages=("decode",), layer=row["layer"])
+            first = _sweep.values(_sweep.density, 8, stages=("decode",), layer=row["layer"])
+            assert row["count"] == values.size
+            assert row["mean"] == pytest.approx(values.mean())
+            assert row["p50"] == pytest.approx(np.percentile(values, 50))
+            assert row["p95"] == pytest.approx(np.percentile(values, 95))
+            assert row["diff_mean"] == pytest.approx(values.mean() - first.mean())
+
+    def test_by_head_and_by_param_pooling(self, tmp_path: Path, clean: None) -> None:
+        """--by k pools runs sharing k (two seeds) and orders labels by value."""
+        _sweep.write_run(tmp_path / "a", 16, seed=1)
+        _sweep.write_run(tmp_path / "b", 8, seed=1)
+        _sweep.write_run(tmp_path / "c", 16, seed=2)
+        data = read_run([tmp_path / "a", tmp_path / "b", tmp_path / "c"])
+        labels = run_labels(data, "k")
+        assert list(dict.fromkeys(labels.values())) == ["k=8", "k=16"]
+        assert run_labels(data)[data.run_ids[0]] == "k=16 seed=1"
+        table = compare(data, by="k", by_head=True, metric=SWEEP_ERROR)
+        row = table[(table["label"] == "k=16") & (table["layer"] == 1) & (table["head"] == 2)]
+        assert row["count"].item() == 2 * _sweep.STEPS * 2  # two runs pooled, two stages
+        assert row["mean"].item() == pytest.approx(
+            _sweep.values(_sweep.error, 16, layer=1, head=2).mean())
+        with pytest.raises(AnalysisError, match=r"no run\.json parameter"):
+            run_labels(data, "nope")
+
+
+class TestFigures:
+    """The plotting functions return their Figure: its data is what was asked."""
+
+    def test_panels_share_one_colour_scale(self, sweep: list[Path]) -> None:
+        panels = layer_head_panels(read_run(sweep), SWEEP_DENSITY, "mean")
+        assert list(panels) == ["k=8", "k=16", "k=32"]
+        fig = plot_heatmaps(panels, "density", "mean density")
+        images = [ax.images[0] for ax in fig.axes if ax.images]
+        assert len(images) == 3 and len(fig.axes) == 4  # three panels and one colour bar
+        lo = min(float(f.min().min()) for f in panels.values())
+        hi = max(float(f.max().max()) for f in panels.values())
+        assert {im.get_clim() for im in images} == {(lo, hi)}
+        assert f"shared scale {lo:.4g} to {hi:.4g}" in fig.axes[-1].get_ylabel()
+        for image, frame in zip(images, panels.values()):
+            assert np.array_equal(np.asarray(image.get_array()), frame.to_numpy())
+        layer, head = 2, 3
+        assert panels["k=16"].loc[layer, head] == _sweep.values(
+            _sweep.density, 16, layer=layer, head=head).mean()
+
+    def test_difference_panel_is_symmetric(self, sweep: list[Path]) -> None:
+        panels = layer_head_panels(read_run(sweep[:2]), SWEEP_ERROR, "mean")
+        diff = panels["k=8"] - panels["k=16"]
+        fig = plot_heatmaps({"": diff}, "a minus b", "difference", diverging=True)
+        image = fig.axes[0].images[0]
+        bound = float(diff.abs().max().max())
+        assert image.get_clim() == (-bound, bound)
+        assert np.array_equal(np.asarray(image.get_array()), diff.to_numpy())
+
+    def test_title_not_clipped_with_four_heads(self) -> None:
+        """A long title on a 4-head heatmap is folded inside the figure, not cut at its edges."""
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+        title = ("research_attention_output_error (mean) - run "
+                 "20261206-233659-c96448-with-a-long-suffix")
+        fig = plot_heatmap(np.arange(12.0).reshape(3, 4), [0, 1, 2], [0, 1, 2, 3], None,
+                           title=title, colorbar_label="mean research_attention_output_error")
+        canvas = FigureCanvasAgg(fig)
+        canvas.draw()
+        renderer = canvas.get_renderer()
+        suptitle = fig.get_suptitle()
+        assert suptitle.replace("\n", " ").replace("  ", " ").split() == title.split()
+        found = fig.findobj(lambda a: hasattr(a, "get_text") and a.get_text() == suptitle)
+        assert found
+        for text in found:
+            box = text.get_window_extent(renderer)
+            assert box.x0 >= 0 and box.x1 <= fig.bbox.x1 and box.y1 <= fig.bbox.y1
+
+    def test_metric_over_steps_one_line_per_layer(self, sweep: list[Path]) -> None:
+        data = read_run(sweep[0])
+        table = metric_over_steps(data, SWEEP_DENSITY, where={"stage": ["decode"]})
+        assert table.attrs["x"] == "step"
+        fig = plot_over_steps(table, by="layer")
+        (ax,) = fig.axes
+        assert ax.get_xlabel() == "step" and ax.get_ylabel() == f"mean {SWEEP_DENSITY}"
+        lines = {line.get_label(): line for line in ax.get_lines()}
+        assert sorted(lines) == [f"layer {layer}" for layer in range(_sweep.LAYERS)]
+        legend = ax.get_legend()
+        assert legend is not None and legend.get_title().get_text() == "layer"
+        for layer in range(_sweep.LAYERS):
+            x, y = lines[f"layer {layer}"].get_data()
+            assert list(x) == list(range(_sweep.STEPS))
+            assert list(y) == [_sweep.values(_sweep.density, 8, stages=("decode",), layer=layer,
+                                             step=s).mean() for s in range(_sweep.STEPS)]
+
+    def test_over_steps_by_run_parameter_and_never_averaging_runs(
+        self, sweep: list[Path]
+    ) -> None:
+        data = read_run(sweep)
+        by_k = metric_over_steps(data, SWEEP_ERROR, by="k")
+        assert sorted(set(by_k["line"])) == ["k=16", "k=32", "k=8"]
+        row = by_k[(by_k["line"] == "k=32") & (by_k["x"] == 2)]
+        assert row["mean"].item() == _sweep.values(_sweep.error, 32, step=2).mean()
+        by_layer = metric_over_steps(data, SWEEP_ERROR, by="layer")
+        assert len(set(by_layer["line"])) == 3 * _sweep.LAYERS  # per run: no blended lines
+        assert "k=16 layer 2" in set(by_layer["line"])
+
+
+def test_over_steps_without_steps_uses_event_time(two_rank_run: tuple[Path, int]) -> None:
+    """A run logged without step() is drawn over event time, said on the x axis."""
+    run_dir, _ = two_rank_run
+    table = metric_over_steps(read_run(run_dir), DENSITY, by="layer")
+    assert table.attrs["x"] == "timestamp"
+    assert str(table["x"].dtype).startswith("datetime64")
+    assert table.groupby("line")["count"].sum().to_dict() == {
+        f"layer {layer}": STEPS * HEADS * 2 for layer in range(LAYERS)}  # two ranks
+    (ax,) = plot_over_steps(table, by="layer").axes
+    assert ax.get_xlabel() == "event time"
+    assert len(ax.get_lines()) == LAYERS

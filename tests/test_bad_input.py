@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 from otel_sparse import MicroMetricLogger
-from otel_sparse.exporters import events as event_file
+from otel_sparse.lines import reference as event_file
 from otel_sparse.testing import InMemoryMetricExporter
 from tests._helpers import latest_points, read_jsonl
 
@@ -435,8 +435,8 @@ class TestMetadata:
         logger.flush()
         pipeline = logger._pipeline
         assert pipeline is not None
-        assert len(pipeline._encoder._metadata) <= 1  # only the good-sized ones are cached
-        cached = pipeline._series_cache.get(DENSITY, {})
+        assert len(pipeline.lines.encoder._metadata) <= 1  # only the good-sized ones are cached
+        cached = pipeline.lines.cache._states
         assert all(len(repr(key)) < 4096 for key in cached)
         assert latest_points(tmp_path / "metrics.jsonl", NAME)[(1, None)]["count"] == 40
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from otel_sparse import config, resource
+from otel_sparse import config
 from otel_sparse.config import Settings, parse_exporters
 from otel_sparse.resource import ProcessIdentity, resolve_run_id
 
@@ -82,7 +82,7 @@ class TestIdentity:
         self, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
     ) -> None:
         """TORCHELASTIC_RUN_ID=none (torchrun without --rdzv-id) is shared by every such job."""
-        monkeypatch.setattr(resource, "_warned_none_run_id", False)
+        monkeypatch.setattr(config, "_warned_none_run_id", False)
         with caplog.at_level("WARNING", logger="otel_sparse"):
             run_id = resolve_run_id({"TORCHELASTIC_RUN_ID": "none"})
         assert run_id != "none"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -123,8 +124,10 @@ def test_cli_demo_prints_files_and_summary(
     assert DENSITY in out and OUTPUT_ERROR in out
     assert f"otel_sparse_runs/demo-{backend}" in out
     assert "micro_metrics.jsonl" in out and "metrics.jsonl" in out
-    summary_lines = [line for line in out.splitlines() if line.startswith("│ research_")]
-    counts = {line.split("│")[1].strip(): line.split("│")[9].strip() for line in summary_lines}
+    lines = out.splitlines()
+    # one table per metric: its name, the header, a rule, one row (events ... OTel count)
+    counts = {lines[i - 2].strip(): lines[i + 1].split()[-1] for i, line in enumerate(lines)
+              if line.startswith("─") and lines[i - 1].split()[0] == "events"}
     assert counts == {DENSITY: str(STEPS * LAYERS * HEADS), OUTPUT_ERROR: str(STEPS * LAYERS * HEADS)}
 
 
@@ -169,3 +172,79 @@ def test_auto_backend_without_torch(
     result = CliRunner().invoke(app, ["demo", "--backend", "torch"])
     assert result.exit_code == 2
     assert "torch is not installed" in result.stderr
+
+
+def test_next_hints_run_as_printed(tmp_path: Path, clean: None) -> None:
+    """Each "Next:" command works pasted into a shell whose PATH lacks the venv."""
+    import shutil
+    import subprocess
+    import sys
+
+    script = Path(sys.executable).parent / "otel-sparse"
+    if not script.is_file():
+        pytest.skip("otel-sparse is not installed beside this interpreter")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    env["PATH"] = "/usr/bin:/bin"
+    env.pop("COLUMNS", None)
+    assert shutil.which("otel-sparse", path=env["PATH"]) is None
+    run_dir = tmp_path / "hinted"
+    done = subprocess.run([str(script), "demo", *SMALL, "--backend", "numpy", "--run-dir",
+                           str(run_dir), "--no-heatmap"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    hints = [line.strip() for line in lines[lines.index("Next:") + 1:] if line.strip()]
+    assert len(hints) == 3 and all(h.startswith(str(script)) for h in hints)
+    for hint in hints:
+        ran = subprocess.run(hint, shell=True, cwd=tmp_path, env=env, capture_output=True,
+                             text=True, timeout=300, check=False)
+        assert ran.returncode == 0, (hint, ran.stderr)
+    assert (tmp_path / "error.png").stat().st_size > 0
+    assert (tmp_path / "density.png").stat().st_size > 0
+
+
+def test_cli_command_is_bare_when_path_finds_this_script(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The bare name only when PATH resolves to this very script."""
+    import sys
+
+    from otel_sparse.cli.demo import cli_command
+
+    bindir = Path(sys.executable).parent
+    if not (bindir / "otel-sparse").is_file():
+        pytest.skip("otel-sparse is not installed beside this interpreter")
+    monkeypatch.setenv("PATH", f"{bindir}{os.pathsep}/usr/bin:/bin")
+    assert cli_command() == "otel-sparse"
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+    assert cli_command() == str(bindir / "otel-sparse")
+
+
+def test_device_cuda_without_cuda_is_a_usage_error(clean: None) -> None:
+    """--device cuda where CUDA cannot run exits 2 with a one-line reason, before any run."""
+    result = CliRunner().invoke(app, ["demo", "--backend", "numpy", "--device", "cuda"])
+    assert result.exit_code == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert "numpy backend runs on the CPU only" in line
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_available():
+        result = CliRunner().invoke(app, ["demo", "--backend", "torch", "--device", "cuda:99"])
+        assert result.exit_code == 2 and "CUDA device(s)" in result.stderr
+        return
+    result = CliRunner().invoke(app, ["demo", "--backend", "torch", "--device", "cuda"])
+    assert result.exit_code == 2, result.output
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("error: --device cuda: CUDA is not available here")
+    assert "Traceback" not in result.output
+
+
+def test_cli_demo_tables_readable_at_80_columns(tmp_path: Path, clean: None) -> None:
+    """In an 80-column terminal the demo's tables show whole metric names and numbers."""
+    result = CliRunner().invoke(app, ["demo", *SMALL, "--backend", "numpy", "--run-dir",
+                                      str(tmp_path / "run"), "--no-heatmap"],
+                                env={"COLUMNS": "80"})
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    tables = lines[:lines.index("Next:")]
+    assert all(len(line) <= 80 and "…" not in line for line in tables), "\n".join(tables)
+    assert any(line.strip() == OUTPUT_ERROR for line in tables)

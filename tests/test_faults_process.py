@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from otel_sparse import MicroMetricLogger, facade
+from otel_sparse import MicroMetricLogger, lifecycle
 from otel_sparse.analysis import read_run
 from tests._helpers import latest_points, read_jsonl, wait_for
 
@@ -298,12 +298,12 @@ class TestSigterm:
 def sigterm_restored() -> Iterator[None]:
     """Put the test process's SIGTERM handler (and the facade's memory of it) back."""
     before = signal.getsignal(signal.SIGTERM)
-    previous = facade._previous_sigterm
+    previous = lifecycle._previous_sigterm
     try:
         yield
     finally:
         signal.signal(signal.SIGTERM, before)
-        facade._previous_sigterm = previous
+        lifecycle._previous_sigterm = previous
 
 
 class TestSigtermInstallation:
@@ -326,8 +326,8 @@ class TestSigtermInstallation:
         logger = fresh_logger()  # no log path: nothing installed yet
         assert signal.getsignal(signal.SIGTERM) is mine
         logger.configure_logging(str(tmp_path), "all")
-        assert signal.getsignal(signal.SIGTERM) is facade._on_sigterm
-        assert facade._previous_sigterm is mine
+        assert signal.getsignal(signal.SIGTERM) is lifecycle._on_sigterm
+        assert lifecycle._previous_sigterm is mine
 
     @pytest.mark.usefixtures("sigterm_restored")
     def test_ignored_sigterm_stays_ignored(

@@ -249,6 +249,50 @@ class TestPlainFork:
         assert {e["value"] for e in parent_events} == {0.25}
 
 
+class TestForkWhileConstructing:
+    """The singleton's construction lock, held by a parent thread at the fork, is new in the
+    child (issue 11 item 5: every new lock is fork-safe)."""
+
+    @pytest.mark.timeout(120)
+    def test_child_constructs_while_a_parent_thread_held_the_lock(
+        self, fresh_logger: type[MicroMetricLogger], tmp_path: Path
+    ) -> None:
+        """A parent thread sits inside the construction lock when the main thread forks; the
+        child builds its logger (the locked path: arguments given) and writes its event."""
+        from otel_sparse import facade
+
+        fresh_logger.register_metric(DENSITY, float)
+        held, release = threading.Event(), threading.Event()
+
+        def hold() -> None:
+            with facade._constructing.lock:
+                held.set()
+                release.wait(60)
+
+        holder = threading.Thread(target=hold, daemon=True)
+        holder.start()
+        assert held.wait(60)
+        try:
+            pid = os.fork()
+            if pid == 0:  # pragma: no cover - the child
+                code = 1
+                try:
+                    child = MicroMetricLogger(log_path=str(tmp_path / "child"),
+                                              enabled_metrics="all")
+                    child.configure_logging(str(tmp_path / "child"), "all")
+                    child.log(DENSITY, 0.5, {"layer_idx": 7})
+                    child.close()
+                    code = 0
+                finally:
+                    os._exit(code)
+        finally:
+            release.set()
+            holder.join(60)
+        assert _wait_child(pid) == 0
+        files = list((tmp_path / "child").glob("micro_metrics*.jsonl"))
+        assert [e["value"] for f in files for e in read_jsonl(f)] == [0.5]
+
+
 ROUNDS = 2
 _FORK_WHILE_LOCKED = """
     import os, signal, sys, threading, time

@@ -504,3 +504,32 @@ class TestAppendOnlyFile:
         assert len(writes) > 10
         assert all(chunk.endswith(b"\n") for chunk in writes)
         assert all(len(chunk) <= 64 or chunk.count(b"\n") == 1 for chunk in writes)
+
+
+class TestValuesTakenAtLog:
+    """log() keeps the metadata as it was at the call (issue 11, item 4)."""
+
+    def test_reused_and_mutated_metadata(
+        self, fresh_logger: type[MicroMetricLogger], tmp_path: Path
+    ) -> None:
+        """One dict reused over layers (and a list and a dict inside it, mutated in place):
+        every line and every series keeps the layer of its own call."""
+        logger = _logger(fresh_logger, tmp_path, flush_every=10**6)
+        meta: dict[str, Any] = {"layer_idx": 0, "heads": [], "extra": {"step": 0}}
+        for layer in range(4):
+            meta["layer_idx"] = layer
+            meta["heads"].append(layer)
+            meta["extra"]["step"] = layer
+            logger.log(DENSITY, layer / 8, meta)
+            queued = logger.log_queue[-1].metadata
+            assert queued == {"layer_idx": layer, "heads": list(range(layer + 1)),
+                              "extra": {"step": layer}}
+        logger.flush()
+        events = read_jsonl(tmp_path / "micro_metrics.jsonl")
+        assert [e["metadata"]["layer_idx"] for e in events] == [0, 1, 2, 3]
+        assert [e["metadata"]["heads"] for e in events] == [[0], [0, 1], [0, 1, 2],
+                                                            [0, 1, 2, 3]]
+        assert [e["metadata"]["extra"]["step"] for e in events] == [0, 1, 2, 3]
+        points = latest_points(tmp_path / "metrics.jsonl", NAME)
+        assert {layer: row["count"] for (layer, _), row in points.items()} == {
+            0: 1, 1: 1, 2: 1, 3: 1}

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Callable
 from pathlib import Path
+from types import FrameType
+from typing import Any
 
 import pytest
 
@@ -146,3 +150,155 @@ class TestNames:
     def test_invalid_characters_are_replaced(self, identifier: str, expected: str) -> None:
         """Characters OTel names do not allow become underscores."""
         assert instrument_name("ns", identifier) == expected
+
+
+def _lines_run(call: Callable[[], object]) -> int:
+    """Python lines executed by ``call()`` on this thread: an operation count, not a time."""
+    count = 0
+
+    def tracer(frame: FrameType, event: str, arg: object) -> Any:
+        nonlocal count
+        if event == "line":
+            count += 1
+        return tracer
+
+    sys.settrace(tracer)
+    try:
+        call()
+    finally:
+        sys.settrace(None)
+    return count
+
+
+class TestScale:
+    """Set-up work grows linearly with the number of identifiers (issue 11, item 8)."""
+
+    def test_enable_all_is_linear_in_the_identifiers(
+        self, fresh_logger: type[MicroMetricLogger], tmp_path: Path
+    ) -> None:
+        """Twice the identifiers (one per layer and head): enable_metrics("all") runs at most
+        about twice the lines. A scan of every name per new name made it four times."""
+        counts = []
+        for n in (150, 300):
+            for i in range(n):
+                fresh_logger.register_metric(f"density_l{i // 16}_h{i % 16}", float)
+            logger = fresh_logger(log_path=str(tmp_path / str(n)), enabled_metrics="all",
+                                  exporters=["jsonl"])
+            counts.append(_lines_run(lambda lg=logger: lg.enable_metrics("all")))
+            assert len(logger.get_enabled_metrics()) == n
+            logger.close()
+            fresh_logger._instance = None
+            fresh_logger._initialized = False
+        assert counts[1] < 2.5 * counts[0], counts
+
+
+class TestEnabledAll:
+    """``enabled_metrics="all"`` means all: identifiers registered later are enabled too."""
+
+    def test_registered_after_start_run_all_is_logged(
+        self, fresh_logger: type[MicroMetricLogger], tmp_path: Path
+    ) -> None:
+        """A metric registered (or re-registered) after start_run("all") reaches the files."""
+        import otel_sparse
+
+        fresh_logger.register_metric("early", float)
+        logger = otel_sparse.start_run(str(tmp_path), enabled_metrics="all")
+        fresh_logger.register_metric("late", float)
+        fresh_logger._registered_metrics.clear()  # as the hub's own tests do between cases
+        fresh_logger.register_metric("again", float)
+        logger.log("early", 0.1)
+        logger.log("late", 0.2)
+        logger.log("again", 0.3)
+        otel_sparse.end_run()
+        events = read_jsonl(tmp_path / "micro_metrics.jsonl")
+        assert [(e["metric"], e["value"]) for e in events] == [
+            ("early", 0.1), ("late", 0.2), ("again", 0.3)]
+        assert logger.is_metric_enabled("late") and logger.is_metric_enabled("again")
+
+    def test_a_later_enable_metrics_replaces_all(
+        self, fresh_logger: type[MicroMetricLogger], tmp_path: Path
+    ) -> None:
+        """After enable_metrics([...]) the set is as chosen: a later registration stays off."""
+        fresh_logger.register_metric("a", float)
+        logger = fresh_logger(log_path=str(tmp_path), enabled_metrics="all")
+        logger.enable_metrics(["a"])
+        fresh_logger.register_metric("b", float)
+        assert logger.get_enabled_metrics() == {"a"}
+        logger.enabled_metrics = {"a"}  # the old attribute, assigned by hand: no "all" either
+        fresh_logger.register_metric("c", float)
+        assert logger.get_enabled_metrics() == {"a"}
+
+
+class TestHints:
+    """One-time hints through logging; the contract's stdout lines stay exactly as they are."""
+
+    def test_unregistered_identifier_names_close_matches_once(
+        self, fresh_logger: type[MicroMetricLogger], tmp_path: Path,
+        caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str],
+    ) -> None:
+        """A typo in log() prints the contract line and logs one hint with the close match."""
+        fresh_logger.register_metric("research_attention_density", float)
+        logger = fresh_logger(log_path=str(tmp_path), enabled_metrics="all")
+        with caplog.at_level("WARNING", logger="otel_sparse"):
+            for _ in range(3):
+                logger.log("research_attention_densty", 0.5)
+        assert capsys.readouterr().out == (
+            "Warning: Attempting to log metric 'research_attention_densty' which is not enabled\n")
+        hints = [r.getMessage() for r in caplog.records if "never registered" in r.getMessage()]
+        assert len(hints) == 1
+        assert "'research_attention_densty'" in hints[0]
+        assert "close matches: research_attention_density" in hints[0]
+
+    def test_registered_but_disabled_gets_no_hint(
+        self, fresh_logger: type[MicroMetricLogger], tmp_path: Path,
+        caplog: pytest.LogCaptureFixture,
+    ) -> None:
+        """Only identifiers never registered get the hint."""
+        fresh_logger.register_metric("a", float)
+        fresh_logger.register_metric("b", float)
+        logger = fresh_logger(log_path=str(tmp_path), enabled_metrics=["a"])
+        with caplog.at_level("WARNING", logger="otel_sparse"):
+            logger.log("b", 0.5)
+        assert not [r for r in caplog.records if "never registered" in r.getMessage()]
+
+    def test_enable_unregistered_hints_with_matches(
+        self, fresh_logger: type[MicroMetricLogger], tmp_path: Path,
+        caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str],
+    ) -> None:
+        """enable_metrics with a typo: the contract line on stdout, the hint in logging."""
+        fresh_logger.register_metric("output_error", float)
+        logger = fresh_logger(log_path=str(tmp_path))
+        with caplog.at_level("WARNING", logger="otel_sparse"):
+            logger.enable_metrics(["output_eror"])
+            logger.log("output_eror", 1.0)  # same id: no second hint
+        out = capsys.readouterr().out
+        assert "Warning: Attempting to enable unregistered metrics: {'output_eror'}\n" in out
+        hints = [r.getMessage() for r in caplog.records if "never registered" in r.getMessage()]
+        assert len(hints) == 1 and "close matches: output_error" in hints[0]
+
+    def test_no_close_match_says_so_without_a_list(
+        self, fresh_logger: type[MicroMetricLogger], tmp_path: Path,
+        caplog: pytest.LogCaptureFixture,
+    ) -> None:
+        """Nothing alike registered: the hint has no match list."""
+        logger = fresh_logger(log_path=str(tmp_path))
+        with caplog.at_level("WARNING", logger="otel_sparse"):
+            logger.log("zzz", 1.0)
+        hints = [r.getMessage() for r in caplog.records if "never registered" in r.getMessage()]
+        assert len(hints) == 1 and "close matches" not in hints[0]
+
+    def test_log_path_after_a_bare_constructor_explains_once(
+        self, fresh_logger: type[MicroMetricLogger], tmp_path: Path,
+        caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str],
+    ) -> None:
+        """MicroMetricLogger() then MicroMetricLogger(log_path=...): old behaviour, one note."""
+        first = fresh_logger()
+        with caplog.at_level("WARNING", logger="otel_sparse"):
+            second = fresh_logger(log_path=str(tmp_path / "a"), enabled_metrics="all")
+            fresh_logger(log_path=str(tmp_path / "b"))
+        assert second is first and second.log_path is None  # the contract: only the first applies
+        assert not (tmp_path / "a").exists()
+        assert capsys.readouterr().out == ""
+        notes = [r.getMessage() for r in caplog.records if "ignored" in r.getMessage()]
+        assert len(notes) == 1
+        assert "configure_logging(" in notes[0] and "start_run()" in notes[0]

@@ -12,7 +12,7 @@ import pytest
 
 import otel_sparse
 from otel_sparse import MicroMetricLogger
-from tests._helpers import read_jsonl
+from tests._helpers import latest_points, read_jsonl
 
 DENSITY = "research_attention_density"
 
@@ -93,3 +93,105 @@ def test_manifest_keeps_every_rank(tmp_path: Path) -> None:
     assert sorted(manifest["ranks"]) == ["0", "1", "2", "3"]
     assert all(r["end"] for r in manifest["ranks"].values())
     assert manifest["end"] == max(r["end"] for r in manifest["ranks"].values())
+
+
+def _values(folder: Path) -> list[float]:
+    return [e["value"] for e in read_jsonl(folder / "micro_metrics.jsonl")]
+
+
+def _manifest(folder: Path) -> dict:
+    return json.loads((folder / "run.json").read_text())
+
+
+class TestRunsDoNotBleed:
+    """A run left open (a notebook cell that raised) never pours into the next run."""
+
+    @pytest.mark.parametrize("attempt", range(10))
+    def test_notebook_rerun_without_end_run(
+        self, fresh_logger: type[MicroMetricLogger], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch, attempt: int,
+    ) -> None:
+        """A run that raises before end_run, then a new run at once: each keeps its events.
+
+        The write delay is short so that the writer's stale-queue pickup races the switch;
+        repeated (parametrised) to catch the timing-dependent path either way.
+        """
+        monkeypatch.setenv("OTEL_SPARSE_WRITE_DELAY", "0.01")
+        fresh_logger.register_metric(DENSITY, float)
+        first_dir, second_dir = tmp_path / "first", tmp_path / "second"
+
+        def cell(folder: Path, value: float, fail: bool) -> None:
+            logger = otel_sparse.start_run(str(folder), params={"v": value})
+            for _ in range(200 + 37 * attempt):
+                logger.log(DENSITY, value, {"layer_idx": 0})
+            if fail:
+                raise RuntimeError("cell failed before end_run()")
+
+        with pytest.raises(RuntimeError):
+            cell(first_dir, 0.25, fail=True)
+        cell(second_dir, 0.75, fail=False)
+        otel_sparse.end_run()
+
+        n = 200 + 37 * attempt
+        assert _values(first_dir) == [0.25] * n
+        assert _values(second_dir) == [0.75] * n
+        first, second = _manifest(first_dir), _manifest(second_dir)
+        assert first["status"] == "superseded" and first["end"]
+        assert second["status"] == "finished" and second["end"]
+        for folder, value in ((first_dir, 0.25), (second_dir, 0.75)):  # totals, not only lines
+            totals = latest_points(folder / "metrics.jsonl", f"sparse_attention.{DENSITY}")
+            assert totals[(0, None)]["count"] == n
+            assert totals[(0, None)]["sum"] == pytest.approx(n * value)
+
+    @pytest.mark.parametrize("attempt", range(5))
+    def test_with_block_that_raises_then_new_run(
+        self, fresh_logger: type[MicroMetricLogger], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch, attempt: int,
+    ) -> None:
+        """``with start_run()`` ends its run however the block ends, and says how in run.json."""
+        monkeypatch.setenv("OTEL_SPARSE_WRITE_DELAY", "0.01")
+        fresh_logger.register_metric(DENSITY, float)
+        with pytest.raises(ZeroDivisionError), otel_sparse.start_run(str(tmp_path / "a")) as logger:
+            assert isinstance(logger, MicroMetricLogger)
+            for _ in range(300):
+                logger.log(DENSITY, 0.5)
+            _ = 1 / 0
+        with otel_sparse.start_run(str(tmp_path / "b")) as logger:
+            for _ in range(100 + attempt):
+                logger.log(DENSITY, 1.0)
+        assert _values(tmp_path / "a") == [0.5] * 300
+        assert _values(tmp_path / "b") == [1.0] * (100 + attempt)
+        failed, finished = _manifest(tmp_path / "a"), _manifest(tmp_path / "b")
+        assert failed["status"] == "failed" and failed["error"] == "ZeroDivisionError"
+        assert failed["ranks"]["0"]["status"] == "failed"
+        assert finished["status"] == "finished" and "error" not in finished
+        assert logger._pipeline is None  # the block closed the logger
+
+    def test_nested_start_run_supersedes_and_outer_exit_is_a_no_op(
+        self, fresh_logger: type[MicroMetricLogger], tmp_path: Path
+    ) -> None:
+        """The outer block's exit does not end the inner run that replaced its own."""
+        fresh_logger.register_metric(DENSITY, float)
+        with otel_sparse.start_run(str(tmp_path / "outer")) as outer:
+            outer.log(DENSITY, 0.1)
+            inner = otel_sparse.start_run(str(tmp_path / "inner"))
+            inner.log(DENSITY, 0.2)
+        inner.log(DENSITY, 0.3)
+        otel_sparse.end_run()
+        assert _values(tmp_path / "outer") == [0.1]
+        assert _values(tmp_path / "inner") == [0.2, 0.3]
+        assert _manifest(tmp_path / "outer")["status"] == "superseded"
+        assert _manifest(tmp_path / "inner")["status"] == "finished"
+
+    def test_configure_logging_to_a_new_path_keeps_queued_events_in_the_old_one(
+        self, fresh_logger: type[MicroMetricLogger], tmp_path: Path
+    ) -> None:
+        """The old API's path switch writes what was queued for the old path there."""
+        fresh_logger.register_metric(DENSITY, float)
+        logger = fresh_logger(log_path=str(tmp_path / "a"), enabled_metrics="all")
+        logger.log(DENSITY, 0.5)
+        logger.configure_logging(str(tmp_path / "b"), "all")
+        logger.log(DENSITY, 1.0)
+        logger.flush()
+        assert _values(tmp_path / "a") == [0.5]
+        assert _values(tmp_path / "b") == [1.0]

@@ -272,6 +272,14 @@ class TestRegistration:
         assert logger.get_total_records_logged() == 0
 
 
+    def test_all_stays_all_after_instrumenting(self, logger: MicroMetricLogger) -> None:
+        """Under enabled_metrics="all", a metric registered after instrument_attention is on."""
+        instrument_attention(Stack(1), logger)
+        MicroMetricLogger.register_metric("registered_later", float)
+        assert logger.is_metric_enabled(DENSITY)
+        assert logger.is_metric_enabled("registered_later")
+
+
 class TestValues:
     """Exact per-head values, logged as [heads] tensors with only the layer in metadata."""
 
@@ -399,6 +407,89 @@ class TestValues:
         logger = fresh_logger(log_path=str(tmp_path), enabled_metrics="all", flush_interval=3600)
         model(inputs())
         assert queued(logger) == [(0, expected(0))]
+
+
+class TestNeverSilent:
+    """A module the built-in extractors find nothing in gets one warning that says what to do."""
+
+    @staticmethod
+    def _hints(caplog: pytest.LogCaptureFixture) -> list[str]:
+        return [r.getMessage() for r in caplog.records if "instrument_attention: layer" in
+                r.getMessage()]
+
+    def test_forward_that_returns_only_a_tensor(
+        self, logger: MicroMetricLogger, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """The common case: one warning per module, naming it and the mask_extractor to pass."""
+
+        class TensorOnlyAttention(MaskedAttention):
+            def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+                self.last_mask = self.mask.expand(x.shape[0], -1, -1, -1)
+                return super().forward(x)[0]
+
+        class TensorBlock(Block):
+            def forward(self, x: torch.Tensor) -> torch.Tensor:
+                return x + self.proj(self.attn(x))
+
+        model = Stack(2, lambda layer: TensorOnlyAttention(MASKS.roll(layer, dims=0)))
+        model.blocks = nn.ModuleList(TensorBlock(b.attn) for b in model.blocks)
+        instrument_attention(model, logger)
+        with caplog.at_level("WARNING", logger="otel_sparse"):
+            for seed in range(3):
+                model(inputs(seed))
+        hints = self._hints(caplog)
+        assert len(hints) == 2  # one per module, not one per call
+        assert "layer 0: blocks.0.attn (TensorOnlyAttention)" in hints[0]
+        assert "blocks.1.attn (TensorOnlyAttention)" in hints[1]
+        assert "it returned a 3-D tensor" in hints[0]
+        assert "extractor=mask_extractor('last_mask')" in hints[0]
+        assert logger.get_total_records_logged() == 0
+        # and the extractor the warning names does log the module's densities
+        instrument_attention(model, logger, extractor=mask_extractor("last_mask"))
+        model(inputs())
+        assert queued(logger) == [(0, expected(0)), (1, expected(1))]
+
+    def test_multihead_attention_without_weights_says_how_to_call_it(
+        self, logger: MicroMetricLogger, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """nn.MultiheadAttention with averaged weights: the warning names the call arguments."""
+        mha = nn.MultiheadAttention(DIM, 2, batch_first=True)
+        instrument_attention(mha, logger)
+        x = inputs()
+        with caplog.at_level("WARNING", logger="otel_sparse"):
+            mha(x, x, x)
+            mha(x, x, x)
+        hints = self._hints(caplog)
+        assert len(hints) == 1
+        assert "MultiheadAttention" in hints[0] and "a 3-D tensor" in hints[0]
+        assert "need_weights=True, average_attn_weights=False" in hints[0]
+
+    def test_mask_extractor_with_a_missing_attribute(
+        self, logger: MicroMetricLogger, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """mask_extractor naming an attribute the module never sets: warned, with the name."""
+        model = Stack(1)
+        instrument_attention(model, logger, extractor=mask_extractor("last_mask"))
+        with caplog.at_level("WARNING", logger="otel_sparse"):
+            model(inputs())
+            model(inputs())
+        hints = self._hints(caplog)
+        assert len(hints) == 1
+        assert "has no tensor attribute 'last_mask'" in hints[0]
+
+    def test_modules_that_log_and_own_extractors_are_not_warned(
+        self, logger: MicroMetricLogger, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """Weights found: no warning; a user extractor that returns {} is the user's choice."""
+        model = Stack(2)
+        with caplog.at_level("WARNING", logger="otel_sparse"):
+            handle = instrument_attention(model, logger)
+            model(inputs())
+            handle.remove()
+            instrument_attention(model, logger, extractor=lambda m, i, o: {})
+            model(inputs())
+        assert self._hints(caplog) == []
+        assert logger.get_total_records_logged() == 2
 
 
 class TestNoHostSync:

@@ -8,8 +8,9 @@ from typing import Any
 
 from opentelemetry.sdk.metrics.export import ConsoleMetricExporter, MetricExporter
 
-from otel_sparse.exporters.jsonl import METRICS_FILE_NAME, JsonlMetricExporter
+from otel_sparse.exporters.jsonl import JsonlMetricExporter
 from otel_sparse.exporters.otlp import QuietOtlpExporter, make_otlp_exporter
+from otel_sparse.layout import METRICS_FILE_NAME, OTLP_FILE_NAME, process_file_name
 
 __all__ = [
     "JsonlMetricExporter",
@@ -23,15 +24,16 @@ def build_exporter(
 ) -> MetricExporter:
     """The exporter called ``name`` for a logger writing under ``log_path``."""
     if name == "jsonl":
-        base, ext = os.path.splitext(METRICS_FILE_NAME)
-        return JsonlMetricExporter(os.path.join(log_path, base + file_suffix + ext))
+        return JsonlMetricExporter(
+            os.path.join(log_path, process_file_name(METRICS_FILE_NAME, file_suffix))
+        )
     if name == "otlp_file":
         # imported here: the OTel proto packages add a tenth of a second to every import
-        from otel_sparse.exporters.otlp_json_file import OTLP_FILE_NAME, OtlpJsonFileExporter
+        from otel_sparse.exporters.otlp_json_file import OtlpJsonFileExporter
 
         # every process its own file, also when OTEL_SPARSE_OTLP_FILE names one for all
-        base, ext = os.path.splitext(otlp_file or os.path.join(log_path, OTLP_FILE_NAME))
-        return OtlpJsonFileExporter(base + file_suffix + ext)
+        path = otlp_file or os.path.join(log_path, OTLP_FILE_NAME)
+        return OtlpJsonFileExporter(process_file_name(path, file_suffix))
     if name == "otlp":
         return QuietOtlpExporter(make_otlp_exporter())  # library log lines: one report
     if name == "console":

@@ -16,6 +16,8 @@ from typing import Any
 import orjson
 from opentelemetry.sdk.metrics.export import (
     AggregationTemporality,
+    ExponentialHistogram,
+    ExponentialHistogramDataPoint,
     Gauge,
     Histogram,
     HistogramDataPoint,
@@ -26,33 +28,24 @@ from opentelemetry.sdk.metrics.export import (
     Sum,
 )
 
+from otel_sparse._exponential import flat_buckets
 from otel_sparse.exporters._files import AppendOnlyFile
+from otel_sparse.exporters.extras import LocalExporter
+from otel_sparse.layout import (
+    EXPONENTIAL_COLUMNS,
+    METRICS_COLUMNS,
+    METRICS_FILE_NAME,
+    RESOURCE_COLUMNS,
+    RESOURCE_PREFIX,
+)
 
 _logger = logging.getLogger("otel_sparse")
 
-METRICS_FILE_NAME = "metrics.jsonl"
+__all__ = ["METRICS_FILE_NAME", "JsonlMetricExporter", "metrics_rows"]
 
-# Resource attributes promoted to their own short columns; the rest keep their dotted name
-# with dots turned into underscores.
-_RESOURCE_COLUMNS = {
-    "run.id": "run_id",
-    "rank": "rank",
-    "world.size": "world_size",
-    "local.rank": "local_rank",
-    "host.name": "host_name",
-    "process.pid": "pid",
-    "service.name": "service_name",
-    "service.instance.id": "service_instance_id",
-}
+_warned_types: set[str] = set()
 
-RESOURCE_PREFIX = "resource_"
-"""Column prefix of a resource attribute whose column name is one of a row's own fields
-(``OTEL_RESOURCE_ATTRIBUTES=type=training`` becomes ``resource_type``): the row's fields win."""
-
-_ROW_FIELDS = frozenset({
-    "timestamp", "start_time", "temporality", "metric", "type", "unit", "layer", "head",
-    "count", "sum", "min", "max", "bucket_bounds", "bucket_counts", "value", "attributes",
-})
+_ROW_FIELDS = frozenset(METRICS_COLUMNS + EXPONENTIAL_COLUMNS)
 """Every field a row sets itself, whatever the resource says."""
 
 _TEMPORALITY = {
@@ -70,7 +63,7 @@ def _resource_columns(attributes: Mapping[str, Any]) -> dict[str, Any]:
     for key, value in attributes.items():
         if key.startswith("telemetry.sdk."):
             continue
-        column = _RESOURCE_COLUMNS.get(key) or key.replace(".", "_")
+        column = RESOURCE_COLUMNS.get(key) or key.replace(".", "_")
         if column in _ROW_FIELDS:
             column = RESOURCE_PREFIX + column
         out[column] = value
@@ -88,14 +81,8 @@ def metrics_rows(
         for sm in rm.scope_metrics:
             for metric in sm.metrics:
                 data = metric.data
-                kind: str
-                if isinstance(data, Histogram):
-                    kind = "histogram"
-                elif isinstance(data, Sum):
-                    kind = "counter" if data.is_monotonic else "up_down_counter"
-                elif isinstance(data, Gauge):
-                    kind = "gauge"
-                else:
+                kind = _kind(metric.name, data)
+                if kind is None:
                     continue
                 temporality = (
                     "none" if isinstance(data, Gauge)
@@ -103,7 +90,7 @@ def metrics_rows(
                 )
                 for point in data.data_points:
                     attrs = dict(point.attributes or {})
-                    if isinstance(point, HistogramDataPoint):
+                    if isinstance(point, (HistogramDataPoint, ExponentialHistogramDataPoint)):
                         state: tuple[Any, ...] = (point.count, point.sum)
                     else:
                         assert isinstance(point, NumberDataPoint)
@@ -123,26 +110,55 @@ def metrics_rows(
                         "layer": attrs.pop("layer", None),
                         "head": attrs.pop("head", None),
                     }
-                    if isinstance(point, HistogramDataPoint):
-                        row.update(
-                            count=point.count,
-                            sum=point.sum,
-                            min=point.min,
-                            max=point.max,
-                            bucket_bounds=list(point.explicit_bounds),
-                            bucket_counts=list(point.bucket_counts),
-                            value=None,
-                        )
-                    else:
-                        row.update(count=None, sum=None, min=None, max=None,
-                                   bucket_bounds=None, bucket_counts=None, value=point.value)
+                    row.update(_value_columns(point))
                     row["attributes"] = attrs
                     row.update(resource)
                     rows.append(row)
     return rows
 
 
-class JsonlMetricExporter(MetricExporter):
+def _kind(name: str, data: Any) -> str | None:
+    """The ``type`` column of a metric's data; None (warned once) for an unknown kind."""
+    if isinstance(data, (Histogram, ExponentialHistogram)):
+        return "histogram"
+    if isinstance(data, Sum):
+        return "counter" if data.is_monotonic else "up_down_counter"
+    if isinstance(data, Gauge):
+        return "gauge"
+    _warn_unknown(name, data)
+    return None
+
+
+def _value_columns(point: Any) -> dict[str, Any]:
+    """count/sum/min/max/buckets of a histogram point, or the value of a number point."""
+    if isinstance(point, HistogramDataPoint):
+        return dict(count=point.count, sum=point.sum, min=point.min, max=point.max,
+                    bucket_bounds=list(point.explicit_bounds),
+                    bucket_counts=list(point.bucket_counts), value=None)
+    if isinstance(point, ExponentialHistogramDataPoint):
+        bounds, counts = flat_buckets(point.scale, point.zero_count,
+                                      point.positive, point.negative)
+        columns = dict(count=point.count, sum=point.sum, min=point.min, max=point.max,
+                       bucket_bounds=bounds, bucket_counts=counts, value=None)
+        columns.update(zip(EXPONENTIAL_COLUMNS, (
+            point.scale, point.zero_count,
+            point.positive.offset, list(point.positive.bucket_counts),
+            point.negative.offset, list(point.negative.bucket_counts),
+        )))
+        return columns
+    return dict(count=None, sum=None, min=None, max=None, bucket_bounds=None,
+                bucket_counts=None, value=point.value)
+
+
+def _warn_unknown(name: str, data: Any) -> None:
+    kind = type(data).__name__
+    if kind not in _warned_types:
+        _warned_types.add(kind)
+        _logger.warning("otel_sparse: metrics.jsonl has no rows for %s points (metric %s); "
+                        "they reach the other exporters only", kind, name)
+
+
+class JsonlMetricExporter(MetricExporter, LocalExporter):
     """Write metric points to a local JSONL file, one flat row per data point.
 
     Example:

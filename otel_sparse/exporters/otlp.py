@@ -19,42 +19,26 @@ from urllib.parse import unquote, urlparse
 from opentelemetry.sdk.metrics.export import MetricExporter, MetricExportResult, MetricsData
 
 from otel_sparse._safety import mask_text, mask_url
+from otel_sparse.config import OTLP_PROTOCOLS, OTLP_SETTINGS, otlp_protocol, otlp_setting
+from otel_sparse.exporters.extras import ExplainsFailure, LocalExporter
 
 _logger = logging.getLogger("otel_sparse")
 
-PROTOCOLS = ("grpc", "http/protobuf")
-
-_ENV_PROTOCOL = ("OTEL_EXPORTER_OTLP_METRICS_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL")
-_ENV_ENDPOINT = ("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT")
-_ENV_CERTIFICATE = ("OTEL_EXPORTER_OTLP_METRICS_CERTIFICATE", "OTEL_EXPORTER_OTLP_CERTIFICATE")
-_ENV_CLIENT_KEY = ("OTEL_EXPORTER_OTLP_METRICS_CLIENT_KEY", "OTEL_EXPORTER_OTLP_CLIENT_KEY")
-_ENV_CLIENT_CERT = (
-    "OTEL_EXPORTER_OTLP_METRICS_CLIENT_CERTIFICATE",
-    "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE",
-)
-_ENV_HEADERS = ("OTEL_EXPORTER_OTLP_METRICS_HEADERS", "OTEL_EXPORTER_OTLP_HEADERS")
+PROTOCOLS = OTLP_PROTOCOLS
+_ENV_ENDPOINT = OTLP_SETTINGS["endpoint"]
+_ENV_HEADERS = OTLP_SETTINGS["headers"]
 
 
 class OtlpConfigError(ValueError):
     """The OTLP configuration cannot work (bad protocol, endpoint, TLS file or header)."""
 
 
-def _first(env: Mapping[str, str], names: tuple[str, ...]) -> tuple[str, str] | None:
-    for name in names:
-        value = env.get(name, "").strip()
-        if value:
-            return name, value
-    return None
-
-
 def resolve_protocol(protocol: str | None = None, environ: Mapping[str, str] | None = None) -> str:
-    """The OTLP protocol to use; raises OtlpConfigError for an unknown one."""
-    env = os.environ if environ is None else environ
-    source = "protocol argument"
-    if protocol is None:
-        found = _first(env, _ENV_PROTOCOL)
-        source, protocol = found if found else ("default", "http/protobuf")
-    protocol = protocol.strip().lower()
+    """The OTLP protocol to use (``config.otlp_protocol``); raises OtlpConfigError for an
+    unknown one."""
+    source, protocol = otlp_protocol(protocol, environ)
+    if source == "argument":
+        source = "protocol argument"
     if protocol not in PROTOCOLS:
         raise OtlpConfigError(f"{source}={protocol!r}: OTLP protocol must be one of {PROTOCOLS}")
     return protocol
@@ -62,8 +46,7 @@ def resolve_protocol(protocol: str | None = None, environ: Mapping[str, str] | N
 
 def validate_otlp_environment(environ: Mapping[str, str] | None = None) -> None:
     """Raise OtlpConfigError for an endpoint, TLS file or header value that cannot work."""
-    env = os.environ if environ is None else environ
-    found = _first(env, _ENV_ENDPOINT)
+    found = otlp_setting("endpoint", None, environ)
     if found:
         name, endpoint = found
         parsed = urlparse(endpoint)
@@ -76,11 +59,11 @@ def validate_otlp_environment(environ: Mapping[str, str] | None = None) -> None:
             _ = parsed.port
         except ValueError as exc:
             raise OtlpConfigError(f"{name}={endpoint!r}: {exc}") from None
-    for names in (_ENV_CERTIFICATE, _ENV_CLIENT_KEY, _ENV_CLIENT_CERT):
-        found = _first(env, names)
+    for setting in ("certificate", "client_key", "client_certificate"):
+        found = otlp_setting(setting, None, environ)
         if found:
             _check_pem_file(*found)
-    found = _first(env, _ENV_HEADERS)
+    found = otlp_setting("headers", None, environ)
     if found:
         for n, entry in enumerate(_HEADER_DELIMITER.split(found[1].strip()), 1):
             if entry and not _HEADER_ENTRY.fullmatch(entry):
@@ -130,8 +113,7 @@ def make_otlp_exporter(
         OTLPMetricExporter as HttpExporter,
     )
 
-    if "session" not in kwargs and _first(os.environ if environ is None else environ,
-                                          _ENV_CERTIFICATE):
+    if "session" not in kwargs and otlp_setting("certificate", None, environ):
         kwargs["session"] = _configured_ca_session()
     return HttpExporter(**kwargs)
 
@@ -226,7 +208,7 @@ def _header_secrets(env: Mapping[str, str]) -> list[str]:
     return sorted(secrets, key=len, reverse=True)
 
 
-class QuietOtlpExporter(MetricExporter):
+class QuietOtlpExporter(MetricExporter, LocalExporter, ExplainsFailure):
     """An OTLP exporter whose failures make one report per outage, not a line per retry.
 
     The opentelemetry-exporter-otlp exporters log a warning per retry and an error per

@@ -17,10 +17,12 @@ from opentelemetry.exporter.otlp.proto.common.metrics_encoder import encode_metr
 from opentelemetry.sdk.metrics.export import MetricExporter, MetricExportResult, MetricsData
 
 from otel_sparse.exporters._files import AppendOnlyFile
+from otel_sparse.exporters.extras import LocalExporter
+from otel_sparse.layout import OTLP_FILE_NAME
 
 _logger = logging.getLogger("otel_sparse")
 
-OTLP_FILE_NAME = "otlp/metrics.jsonl"
+__all__ = ["OTLP_FILE_NAME", "OtlpJsonFileExporter", "otlp_json_line"]
 
 
 def otlp_json_line(metrics_data: MetricsData) -> bytes:
@@ -30,7 +32,7 @@ def otlp_json_line(metrics_data: MetricsData) -> bytes:
     return orjson.dumps(as_dict)
 
 
-class OtlpJsonFileExporter(MetricExporter):
+class OtlpJsonFileExporter(MetricExporter, LocalExporter):
     """Append each collection to a file as one OTLP/JSON line."""
 
     is_local = True

@@ -175,12 +175,28 @@ class TestCollectorService:
             host = ports[name][0]
             assert host not in ("127.0.0.1", "localhost", "::1"), f"{name} listens on {host}"
 
-    def test_remote_write_goes_to_prometheus_receiver(self, gateway, prometheus):
-        """The gateway pushes to the prometheus service, started with the receiver flag."""
+    def test_remote_write_goes_through_the_aggregator(self, compose, gateway, prometheus):
+        """gateway -> aggregator (vmagent) -> the prometheus service's receiver."""
         url = gateway["exporters"]["prometheusremotewrite"]["endpoint"]
+        aggregator = compose["services"]["aggregator"]
+        flags = dict(a.split("=", 1) for a in aggregator["command"])
+        assert url == f"http://aggregator:{flags['-httpListenAddr'].rsplit(':', 1)[1]}/api/v1/write"
         container_port = _published(prometheus)[9090]
-        assert url == f"http://prometheus:{container_port}/api/v1/write"
+        assert flags["-remoteWrite.url"] == f"http://prometheus:{container_port}/api/v1/write"
         assert "--web.enable-remote-write-receiver" in prometheus["command"]
+        assert "--enable-feature=native-histograms" in prometheus["command"]
+
+    def test_aggregator_mounts_its_config_and_sets_every_placeholder(self, compose):
+        """aggregation.yaml is mounted where -remoteWrite.streamAggr.config reads it, and
+        every %{VAR} in it is set (vmagent refuses to start otherwise)."""
+        aggregator = compose["services"]["aggregator"]
+        flags = dict(a.split("=", 1) for a in aggregator["command"])
+        mounts = {v.split(":")[1]: v.split(":")[0] for v in aggregator["volumes"]}
+        source = mounts[flags["-remoteWrite.streamAggr.config"]]
+        text = "\n".join(line for line in (COMPOSE_FILE.parent / source).read_text().splitlines()
+                         if not line.lstrip().startswith("#"))
+        placeholders = set(re.findall(r"%\{(\w+)\}", text))
+        assert placeholders == set(aggregator["environment"])
 
     def test_dockerfile_reads_builder_version_from_manifest(self):
         """The sed in the Dockerfile finds the manifest's otlpreceiver version."""

@@ -3,6 +3,7 @@ ConfigMaps are the shipped Collector configs, and workloads, Services and config
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -47,6 +48,12 @@ def _of_kind(*kinds: str) -> list[dict]:
 
 def _workloads() -> list[dict]:
     return _of_kind("DaemonSet", "Deployment")
+
+
+def _collectors() -> list[dict]:
+    """The workloads that run otelcol-sparse (not the vmagent aggregator)."""
+    return [w for w in _workloads()
+            if w["metadata"]["labels"]["app.kubernetes.io/name"] == "otelcol-sparse"]
 
 
 def _object_id(item: tuple[Path, dict]) -> str:
@@ -144,7 +151,8 @@ class TestConsistency:
             w["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/component"]: w["kind"]
             for w in _workloads()
         }
-        assert components == {"agent": "DaemonSet", "gateway": "Deployment"}
+        assert components == {"agent": "DaemonSet", "gateway": "Deployment",
+                              "aggregator": "Deployment"}
 
     def test_selectors_match_pod_labels(self):
         for workload in _workloads():
@@ -171,7 +179,7 @@ class TestConsistency:
         (agent,) = [s for s in _of_kind("Service") if s["metadata"]["name"].endswith("-agent")]
         assert agent["spec"]["internalTrafficPolicy"] == "Local"
 
-    @pytest.mark.parametrize("workload", _workloads(), ids=lambda w: w["metadata"]["name"])
+    @pytest.mark.parametrize("workload", _collectors(), ids=lambda w: w["metadata"]["name"])
     def test_workload_matches_its_collector_config(self, workload):
         """Ports, probes, listen address, required env and memory limits agree with the config."""
         pod = workload["spec"]["template"]["spec"]
@@ -217,8 +225,36 @@ class TestConsistency:
         assert int(limiter["limit_mib"]) < _mib(resources["limits"]["memory"]), name
         assert int(limiter["spike_limit_mib"]) < int(limiter["limit_mib"]), name
 
+    def test_gateway_writes_to_aggregator_and_aggregator_config_is_complete(self):
+        """gateway -> aggregator Service; the aggregator mounts aggregation.yaml where its
+        flag reads it and sets every %{VAR} placeholder in it (vmagent refuses otherwise)."""
+        (gateway,) = [w for w in _collectors() if w["kind"] == "Deployment"]
+        env = _container_env(gateway["spec"]["template"]["spec"]["containers"][0])
+        (service,) = [s for s in _of_kind("Service")
+                      if s["metadata"]["name"] == "otel-sparse-aggregator"]
+        port = service["spec"]["ports"][0]["port"]
+        host = f"{service['metadata']['name']}.{NAMESPACE}.svc.cluster.local"
+        assert env["OTEL_SPARSE_REMOTE_WRITE_URL"] == f"http://{host}:{port}/api/v1/write"
+        (aggregator,) = [w for w in _workloads()
+                         if w["metadata"]["name"] == "otel-sparse-aggregator"]
+        pod = aggregator["spec"]["template"]["spec"]
+        (container,) = pod["containers"]
+        flags = dict(a.split("=", 1) for a in container["args"])
+        config = Path(flags["-remoteWrite.streamAggr.config"])
+        (mount,) = [m for m in container["volumeMounts"] if m["name"] == "config"]
+        assert Path(mount["mountPath"]) == config.parent
+        (volume,) = [v for v in pod["volumes"] if v["name"] == "config"]
+        assert {"key": config.name, "path": config.name} in volume["configMap"]["items"]
+        (configmap,) = [d for d in _of_kind("ConfigMap")
+                        if d["metadata"]["name"] == volume["configMap"]["name"]]
+        text = configmap["data"][config.name]
+        assert text == (COLLECTOR_CONFIG / "aggregation.yaml").read_text()
+        code = "\n".join(x for x in text.splitlines() if not x.lstrip().startswith("#"))
+        assert set(re.findall(r"%\{(\w+)\}", code)) <= set(_container_env(container))
+        assert flags["-remoteWrite.url"] == "$(OTEL_SPARSE_AGGR_REMOTE_WRITE_URL)"
+
     def test_agent_forwards_to_gateway_service(self):
-        (agent,) = [w for w in _workloads() if w["kind"] == "DaemonSet"]
+        (agent,) = [w for w in _collectors() if w["kind"] == "DaemonSet"]
         env = _container_env(agent["spec"]["template"]["spec"]["containers"][0])
         config = resolve(load_yaml(_config_of(agent)), env)
         exporters = [e for k, e in config["exporters"].items() if k.startswith("otlp")]

@@ -210,11 +210,16 @@ class ManagedProcess:
 
 
 def _sample_value(raw: Any) -> float:
-    return float(raw[1])
+    """A float sample's value; a native histogram sample (``[t, {count, sum, buckets}]``)
+    stands for its count."""
+    value = raw[1]
+    return float(value["count"]) if isinstance(value, dict) else float(value)
 
 
 def query(base_url: str, promql: str, at: float | None = None) -> list[Sample]:
     """Run an instant PromQL query; return (labels, value) for each series of the vector.
+
+    A native-histogram sample's value is its count.
 
     Args:
         base_url: Prometheus, e.g. "http://127.0.0.1:9090".
@@ -238,7 +243,8 @@ def query(base_url: str, promql: str, at: float | None = None) -> list[Sample]:
         return [({}, _sample_value(data["result"]))]
     if data["resultType"] != "vector":
         raise RuntimeError(f"{promql!r}: expected a vector, got {data['resultType']}")
-    return [(dict(r["metric"]), _sample_value(r["value"])) for r in data["result"]]
+    return [(dict(r["metric"]), _sample_value(r["value"] if "value" in r else r["histogram"]))
+            for r in data["result"]]
 
 
 def wait_for_query(

@@ -31,6 +31,8 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 CONFIG_DIR = REPO_ROOT / "collector-config"
 SHIPPED_CONFIGS = ("agent.yaml", "gateway.yaml", "single.yaml")
 BUILD_SCRIPT = REPO_ROOT / "scripts" / "build-collector.sh"
+VMAGENT_BUILD_SCRIPT = REPO_ROOT / "scripts" / "build-vmagent.sh"
+AGGREGATION_CONFIG = CONFIG_DIR / "aggregation.yaml"
 INSTALL_PROMETHEUS = REPO_ROOT / "scripts" / "install-prometheus.sh"
 PROMETHEUS = Path("/usr/bin/prometheus")
 
@@ -46,12 +48,11 @@ PORT_VARS = {
 }
 
 
-@pytest.fixture(scope="session")
-def otelcol_bin() -> Path:
-    """Path of the otelcol-sparse binary, built by scripts/build-collector.sh if needed."""
+def _built(script: Path) -> Path:
+    """Run a build script that prints a binary's path; fail the test with its log if not."""
     try:
         done = subprocess.run(
-            ["bash", str(BUILD_SCRIPT)],
+            ["bash", str(script)],
             capture_output=True,
             text=True,
             timeout=BUILD_TIMEOUT_S,
@@ -60,19 +61,104 @@ def otelcol_bin() -> Path:
         )
     except subprocess.TimeoutExpired as exc:
         err = exc.stderr.decode(errors="replace") if isinstance(exc.stderr, bytes) else exc.stderr
-        pytest.fail(f"{BUILD_SCRIPT} did not finish in {BUILD_TIMEOUT_S} s:\n{err}", pytrace=False)
+        pytest.fail(f"{script} did not finish in {BUILD_TIMEOUT_S} s:\n{err}", pytrace=False)
     if done.returncode != 0:
         tail = "\n".join(done.stderr.splitlines()[-40:])
-        pytest.fail(
-            f"cannot build otelcol-sparse: {BUILD_SCRIPT} exited {done.returncode}:\n{tail}",
-            pytrace=False,
-        )
+        pytest.fail(f"{script} exited {done.returncode}:\n{tail}", pytrace=False)
     path = Path(done.stdout.strip())
     if not (path.is_file() and os.access(path, os.X_OK)):
-        pytest.fail(
-            f"{BUILD_SCRIPT} printed {done.stdout!r}, not an executable path", pytrace=False
-        )
+        pytest.fail(f"{script} printed {done.stdout!r}, not an executable path", pytrace=False)
     return path
+
+
+@pytest.fixture(scope="session")
+def otelcol_bin() -> Path:
+    """Path of the otelcol-sparse binary, built by scripts/build-collector.sh if needed."""
+    return _built(BUILD_SCRIPT)
+
+
+@pytest.fixture(scope="session")
+def vmagent_bin() -> Path:
+    """Path of vmagent (the aggregation tier), built by scripts/build-vmagent.sh if needed."""
+    return _built(VMAGENT_BUILD_SCRIPT)
+
+
+AGGREGATION_ENV = {
+    "OTEL_SPARSE_AGGR_INTERVAL": "1s",
+    "OTEL_SPARSE_AGGR_STALENESS": "10m",
+    "OTEL_SPARSE_AGGR_SIGNED_SUMS": "^$",
+}
+"""The placeholders of aggregation.yaml, as tests set them (1 s flushes)."""
+
+
+@dataclass
+class Vmagent:
+    """A running vmagent that stream-aggregates (aggregation.yaml) into one remote write."""
+
+    port: int
+    process: ManagedProcess
+
+    @property
+    def url(self) -> str:
+        """Base URL (health, /metrics)."""
+        return f"http://{LOOPBACK}:{self.port}"
+
+    @property
+    def remote_write_url(self) -> str:
+        """Where the gateway's prometheusremotewrite sends."""
+        return f"{self.url}/api/v1/write"
+
+    def start(self, timeout: float = 30.0) -> None:
+        """Start and wait for /health."""
+        self.process.start()
+        wait_http_ok(f"{self.url}/health", timeout=timeout, proc=self.process)
+
+    def stop(self) -> int | None:
+        """Stop (SIGTERM, then SIGKILL)."""
+        return self.process.stop()
+
+    def restart(self, timeout: float = 30.0) -> None:
+        """Stop, then start with the same flags: the aggregation state is in memory, lost."""
+        self.stop()
+        self.start(timeout=timeout)
+
+
+@pytest.fixture
+def vmagent_factory(vmagent_bin: Path, tmp_path: Path) -> Iterator[Callable[..., Vmagent]]:
+    """Start vmagents: `vmagent_factory(prom.remote_write_url, env={...}, keep_input=False)`.
+
+    keep_input: also write the raw per-rank series, through a second ``-remoteWrite.url`` to
+    the same Prometheus without aggregation (vmagent refuses ``keepInput`` together with
+    ``keep_metric_names``; the raw series differ by their rank labels, so nothing collides).
+    """
+    started: list[Vmagent] = []
+
+    def start(remote_write_url: str, env: Mapping[str, str] | None = None,
+              keep_input: bool = False, name: str | None = None) -> Vmagent:
+        label = name or f"vmagent-{len(started)}"
+        (port,) = free_ports(1)
+        args = [
+            str(vmagent_bin), f"-httpListenAddr={LOOPBACK}:{port}",
+            f"-remoteWrite.url={remote_write_url}",
+            f"-remoteWrite.streamAggr.config={AGGREGATION_CONFIG}",
+            f"-remoteWrite.tmpDataPath={tmp_path / (label + '-data')}",
+            "-remoteWrite.forcePromProto=true", "-remoteWrite.flushInterval=200ms",
+            "-loggerLevel=INFO",
+        ]
+        if keep_input:  # a second, unaggregated remote write to the same Prometheus
+            args[2:4] = [f"-remoteWrite.url={remote_write_url}",
+                         f"-remoteWrite.url={remote_write_url}",
+                         f"-remoteWrite.streamAggr.config={AGGREGATION_CONFIG},"]
+        full_env = {**os.environ, **AGGREGATION_ENV, **(env or {})}
+        proc = ManagedProcess(args, tmp_path / f"{label}.log", env=full_env, name=label)
+        agent = Vmagent(port=port, process=proc)
+        started.append(agent)
+        agent.start()
+        return agent
+
+    yield start
+    for agent in reversed(started):
+        agent.stop()
 
 
 @pytest.fixture(scope="session")
@@ -236,6 +322,8 @@ def prometheus_factory(prometheus_bin: Path, tmp_path: Path) -> Iterator[Callabl
             i.e. service.name/service.instance.id, stay as they are).
         remote_write_receiver: start with --web.enable-remote-write-receiver.
         name: used for the log file and TSDB directory.
+        native_histograms: start with --enable-feature=native-histograms (scrapes then
+            ask for the protobuf format, the one that carries native histograms).
     """
     started: list[Prometheus] = []
 
@@ -244,6 +332,7 @@ def prometheus_factory(prometheus_bin: Path, tmp_path: Path) -> Iterator[Callabl
         remote_write_receiver: bool = False,
         name: str | None = None,
         timeout: float = 60.0,
+        native_histograms: bool = False,
     ) -> Prometheus:
         label = name or f"prometheus-{len(started)}"
         jobs = (
@@ -280,6 +369,8 @@ def prometheus_factory(prometheus_bin: Path, tmp_path: Path) -> Iterator[Callabl
         ]
         if remote_write_receiver:
             args.append("--web.enable-remote-write-receiver")
+        if native_histograms:
+            args.append("--enable-feature=native-histograms")
         proc = ManagedProcess(args, tmp_path / f"{label}.log", name=label)
         prom = Prometheus(port=port, config_path=config_path, tsdb=tsdb, process=proc)
         started.append(prom)

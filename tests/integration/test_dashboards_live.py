@@ -16,6 +16,10 @@ that is not there (``otelcol_exporter_enqueue_failed_metric_points``). Each gets
 sender, whose data never reaches Prometheus.
 
 Every panel query must return data; means, counts and other known values must be exact.
+The whole check runs twice: with explicit-bucket histograms (``_bucket``/``_sum``/``_count``
+series) and with exponential ones (``OTEL_SPARSE_HISTOGRAM=exponential``, Prometheus with
+``--enable-feature=native-histograms``: one native-histogram series each). The same
+dashboards and rules must give the same exact answers for both.
 """
 
 from __future__ import annotations
@@ -73,6 +77,12 @@ service:
 """
 
 Keyed = dict[tuple[str, ...], float]
+KINDS = ("explicit", "exponential")
+
+
+def count_of(prom_name: str, selector: str) -> str:
+    """The histogram count of ``prom_name`` whichever kind it is stored as."""
+    return (f"({prom_name}_count{{{selector}}} or histogram_count({prom_name}{{{selector}}}))")
 
 
 def keyed(samples: list[Sample], labels: tuple[str, ...]) -> Keyed:
@@ -90,7 +100,8 @@ class Pipeline:
     """The processes of this test and what the ranks logged."""
 
     def __init__(self, prom: Prometheus, gateway: Collector, agents: dict[str, Collector],
-                 group: RankGroup) -> None:
+                 group: RankGroup, kind: str) -> None:
+        self.kind = kind
         self.prom = prom
         self.gateway = gateway
         self.agents = agents
@@ -135,14 +146,17 @@ def reload_prometheus(prom: Prometheus, jobs: dict[str, list[str]], rule_files: 
     prom.wait_for_query("vector(1)", loaded, timeout=60)
 
 
-@pytest.fixture
+@pytest.fixture(params=KINDS)
 def pipeline(
     collector_factory: Callable[..., Collector],
     prometheus_factory: Callable[..., Prometheus],
     tmp_path: Path,
+    request: pytest.FixtureRequest,
 ) -> Iterator[Pipeline]:
     """The running pipeline, both phases logged and visible; ranks still exporting."""
-    prom = prometheus_factory(remote_write_receiver=True, name="prom")
+    kind: str = request.param
+    prom = prometheus_factory(remote_write_receiver=True, name="prom",
+                              native_histograms=kind == "exponential")
     gateway = collector_factory(
         "gateway.yaml", env={"OTEL_SPARSE_REMOTE_WRITE_URL": prom.remote_write_url},
         name="gateway",
@@ -167,7 +181,8 @@ def pipeline(
 
     blocker = tmp_path / "not-a-folder"
     blocker.write_text("a file where the otlp_file exporter wants a folder\n")
-    common = {"OTEL_SPARSE_EXPORT_INTERVAL": "300", "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"}
+    common = {"OTEL_SPARSE_EXPORT_INTERVAL": "300", "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
+              "OTEL_SPARSE_HISTOGRAM": kind}
     group = RankGroup(tmp_path / "job", f"dash-{uuid.uuid4().hex[:8]}", RANKS)
     side = [RankGroup(tmp_path / name, f"side-{uuid.uuid4().hex[:8]}", 1)
             for name in ("agent-unimplemented", "agent-queue-full")]
@@ -189,9 +204,10 @@ def pipeline(
         for g in (group, *side):
             g.wait_ready()
             g.go(1)
-        state = Pipeline(prom, gateway, agents, group)
+        state = Pipeline(prom, gateway, agents, group, kind)
         # Phase 1 visible before phase 2 starts: every rate() window then sees an increase.
-        count0 = f'sum by (layer, head) ({PROMS[0]}_count{{run_id="{state.run_id}",layer!=""}})'
+        selector = f'run_id="{state.run_id}",layer!=""'
+        count0 = f"sum by (layer, head) ({count_of(PROMS[0], selector)})"
         state.wait(count0, lambda r: keyed(r, ("layer", "head")) == cells(state.totals(0, 1)))
         group.go(2)
         group.wait_done(2)
@@ -213,6 +229,9 @@ def expected_panels(state: Pipeline) -> dict[str, tuple[tuple[str, ...], Keyed]]
     overflow: Keyed = {}
     for prom_name in PROMS:
         for rank in range(RANKS):
+            if state.kind == "exponential":  # one native-histogram series
+                overflow[(prom_name, str(rank))] = 1.0
+                continue
             overflow[(f"{prom_name}_count", str(rank))] = 1.0
             overflow[(f"{prom_name}_sum", str(rank))] = 1.0
             overflow[(f"{prom_name}_bucket", str(rank))] = float(n_buckets)
@@ -328,7 +347,7 @@ def check_library_counters(state: Pipeline) -> None:
                {(METRICS[0], str(r)): float(NON_FINITE * PHASES) for r in range(RANKS)})
     folded = EXTRA_LAYERS * HEADS * STEPS * PHASES
     for prom_name in PROMS:
-        state.wait(f'{prom_name}_count{{{run},otel_metric_overflow="true"}}',
+        state.wait(count_of(prom_name, f'{run},otel_metric_overflow="true"'),
                    lambda r: keyed(r, ("rank",)) == {(str(r),): float(folded)
                                                      for r in range(RANKS)})
     failures = state.wait(f"otel_sparse_export_failures_total{{{run}}}")

@@ -1,0 +1,380 @@
+"""A simulated N-rank job through the real cluster pipeline, with the aggregation tier.
+
+Run: .venv/bin/python bench/bench_cluster.py --ranks 64 --layers 4 --heads 4 [--json]
+
+    sender processes (N ranks, many per process, each its own OTLP/gRPC exporter and
+    resource: rank, service.instance.id, host.name of its "node")
+      --> agents (agent.yaml, one per simulated node group) --> gateway (gateway.yaml)
+      --prometheusremotewrite--> vmagent (aggregation.yaml) --> Prometheus
+
+Each rank sends what the library sends for an L x H model: every export, one cumulative
+explicit-bucket histogram per (metric, layer, head) built by otel_sparse's own Aggregator
+(``--steps`` values per cell per round, multiples of 1/8 so totals are exact) plus its
+``otel_sparse.events.logged`` counter, encoded and sent by the OTel SDK's OTLP exporter.
+1024 Python processes would not fit the machine, so ``--procs`` processes play the ranks.
+
+Figures (one JSON object, or a table row): series stored for the run, whether the stored
+cluster-wide count and sum equal the logged totals exactly, data points per second the
+gateway accepted (its ``otelcol_receiver_accepted_metric_points``) while senders ran, CPU
+seconds and peak RSS of each tier (senders, agents, gateway, vmagent, Prometheus), and the
+delay from the end of the last export until Prometheus answers the exact totals.
+
+``run()`` is what tests/integration/test_load.py calls at N = 4 and 64.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import requests
+
+REPO = Path(__file__).resolve().parent.parent
+LOOPBACK = "127.0.0.1"
+METRICS = ("research_attention_density", "research_attention_output_error")
+PORT_VARS = ("OTEL_SPARSE_OTLP_GRPC_PORT", "OTEL_SPARSE_OTLP_HTTP_PORT",
+             "OTEL_SPARSE_HEALTH_PORT", "OTEL_SPARSE_PROMETHEUS_PORT",
+             "OTEL_SPARSE_TELEMETRY_PORT")
+AGGREGATION_ENV = {"OTEL_SPARSE_AGGR_INTERVAL": "1s", "OTEL_SPARSE_AGGR_STALENESS": "10m",
+                   "OTEL_SPARSE_AGGR_SIGNED_SUMS": "^$"}
+
+
+def value(rank: int, round_: int, step: int, layer: int, head: int, metric: int) -> float:
+    """What rank ``rank`` logs: a multiple of 1/8 in [0, 1] (exact sums)."""
+    return ((3 * rank + 5 * round_ + step + 2 * layer + head + 4 * metric) % 9) / 8
+
+
+def expected(ranks: int, rounds: int, steps: int, layers: int, heads: int, metric: int
+             ) -> dict[tuple[str, str], tuple[float, float]]:
+    """(count, sum) per (layer, head) over every rank, as Prometheus labels key them."""
+    out = {}
+    for layer in range(layers):
+        for head in range(heads):
+            vals = [value(r, k, s, layer, head, metric) for r in range(ranks)
+                    for k in range(rounds) for s in range(steps)]
+            out[(str(layer), str(head))] = (float(len(vals)), math.fsum(vals))
+    return out
+
+
+def _free_ports(n: int) -> list[int]:
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket()
+            s.bind((LOOPBACK, 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def _binary(script: str) -> str:
+    done = subprocess.run(["bash", str(REPO / "scripts" / script)], capture_output=True,
+                          text=True, check=True, stdin=subprocess.DEVNULL)
+    return done.stdout.strip()
+
+
+def _wait_ok(url: str, proc: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{proc.args} exited with {proc.returncode}")
+        try:
+            if requests.get(url, timeout=1).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.1)
+    raise TimeoutError(url)
+
+
+def _query(prom: str, promql: str) -> list[tuple[dict[str, str], float]]:
+    body = requests.get(f"{prom}/api/v1/query", params={"query": promql}, timeout=30).json()
+    if body.get("status") != "success":
+        raise RuntimeError(f"{promql}: {body}")
+    return [(r["metric"], float(r["value"][1])) for r in body["data"]["result"]]
+
+
+def _accepted(telemetry: str) -> float:
+    """otelcol_receiver_accepted_metric_points of one collector, summed over receivers."""
+    text = requests.get(f"http://{telemetry}/metrics", timeout=10).text
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith("otelcol_receiver_accepted_metric_points"))
+
+
+@dataclass
+class Tier:
+    """CPU seconds and peak RSS of one tier's processes."""
+
+    cpu_s: float = 0.0
+    peak_rss_mib: float = 0.0
+
+
+@dataclass
+class Result:
+    """One simulation: the figures docs/cluster.md tabulates."""
+
+    ranks: int
+    layers: int
+    heads: int
+    metrics: int
+    rounds: int
+    series_stored: int
+    histogram_series: int
+    per_rank_series: int
+    exact: bool
+    points_sent: int
+    send_wall_s: float
+    points_per_s: float
+    delay_s: float
+    tiers: dict[str, Tier] = field(default_factory=dict)
+
+
+def _sample(procs: dict[str, list[Any]], tiers: dict[str, Tier], start: dict[int, float]
+            ) -> None:
+    for name, group in procs.items():
+        tier = tiers.setdefault(name, Tier())
+        cpu, rss = 0.0, 0.0
+        for p in group:
+            try:
+                times = p.cpu_times()
+                cpu += times.user + times.system - start.get(p.pid, 0.0)
+                rss += p.memory_info().rss / 2**20
+            except Exception:
+                continue
+        tier.cpu_s = max(tier.cpu_s, cpu)
+        tier.peak_rss_mib = max(tier.peak_rss_mib, rss)
+
+
+def run(ranks: int, layers: int, heads: int, *, metrics: int = 2, rounds: int = 3,
+        steps: int = 2, procs: int = 4, agents: int = 2, interval_s: float = 2.0,
+        workdir: str | None = None) -> Result:
+    """Start the pipeline, play ``ranks`` ranks for ``rounds`` exports, measure, stop."""
+    import psutil
+
+    work = Path(workdir or tempfile.mkdtemp(prefix="bench-cluster-"))
+    work.mkdir(parents=True, exist_ok=True)
+    otelcol, vmagent = _binary("build-collector.sh"), _binary("build-vmagent.sh")
+    running: dict[str, list[subprocess.Popen[bytes]]] = {}
+    logs = []
+
+    def start(tier: str, args: list[str], env: dict[str, str] | None = None
+              ) -> subprocess.Popen[bytes]:
+        log = open(work / f"{tier}-{len(running.get(tier, []))}.log", "wb")  # noqa: SIM115
+        logs.append(log)
+        proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT,
+                                env={**os.environ, **(env or {})}, stdin=subprocess.DEVNULL)
+        running.setdefault(tier, []).append(proc)
+        return proc
+
+    def collector(config: str, extra: dict[str, str], tier: str) -> dict[str, int]:
+        ports = dict(zip(PORT_VARS, _free_ports(len(PORT_VARS))))
+        env = {"OTEL_SPARSE_LISTEN_HOST": LOOPBACK, **{k: str(v) for k, v in ports.items()},
+               **extra}
+        proc = start(tier, [otelcol, "--config", str(REPO / "collector-config" / config)], env)
+        _wait_ok(f"http://{LOOPBACK}:{ports['OTEL_SPARSE_HEALTH_PORT']}/", proc)
+        return ports
+
+    try:
+        (prom_port, vm_port) = _free_ports(2)
+        (work / "prom.yml").write_text("global: {scrape_interval: 15s}\n")
+        prom = f"http://{LOOPBACK}:{prom_port}"
+        proc = start("prometheus", ["/usr/bin/prometheus", f"--config.file={work / 'prom.yml'}",
+                                    f"--storage.tsdb.path={work / 'tsdb'}",
+                                    f"--web.listen-address={LOOPBACK}:{prom_port}",
+                                    "--web.enable-remote-write-receiver"])
+        _wait_ok(f"{prom}/-/ready", proc)
+        proc = start("vmagent", [vmagent, f"-httpListenAddr={LOOPBACK}:{vm_port}",
+                                 f"-remoteWrite.url={prom}/api/v1/write",
+                                 f"-remoteWrite.streamAggr.config="
+                                 f"{REPO / 'collector-config' / 'aggregation.yaml'}",
+                                 f"-remoteWrite.tmpDataPath={work / 'vmagent-data'}",
+                                 "-remoteWrite.forcePromProto=true"], AGGREGATION_ENV)
+        _wait_ok(f"http://{LOOPBACK}:{vm_port}/health", proc)
+        gateway = collector("gateway.yaml", {
+            "OTEL_SPARSE_REMOTE_WRITE_URL": f"http://{LOOPBACK}:{vm_port}/api/v1/write"},
+            "gateway")
+        agent_ports = [collector("agent.yaml", {
+            "OTEL_SPARSE_GATEWAY_ENDPOINT": f"{LOOPBACK}:{gateway['OTEL_SPARSE_OTLP_GRPC_PORT']}",
+            "OTEL_SPARSE_AGENT_QUEUE_SIZE": "10000"}, "agents") for _ in range(agents)]
+        run_id = f"bench-{uuid.uuid4().hex[:8]}"
+        telemetry = f"{LOOPBACK}:{gateway['OTEL_SPARSE_TELEMETRY_PORT']}"
+        accepted_before = _accepted(telemetry)
+        per_proc = math.ceil(ranks / procs)
+        go = work / "go"
+        senders = []
+        for i in range(procs):
+            first, last = i * per_proc, min(ranks, (i + 1) * per_proc)
+            if first >= last:
+                continue
+            endpoint = f"{LOOPBACK}:{agent_ports[i % agents]['OTEL_SPARSE_OTLP_GRPC_PORT']}"
+            senders.append(start("senders", [
+                sys.executable, __file__, "--sender", "--first", str(first), "--last",
+                str(last), "--world", str(ranks), "--endpoint", endpoint, "--run-id", run_id,
+                "--layers", str(layers), "--heads", str(heads), "--metrics", str(metrics),
+                "--rounds", str(rounds), "--steps", str(steps), "--interval", str(interval_s),
+                "--go", str(go), "--node", f"node-{i % agents}"]))
+        for s in senders:  # wait until every sender has built its exporters
+            while not (work / "go").with_suffix(f".ready{s.pid}").exists():
+                if s.poll() is not None:
+                    raise RuntimeError(f"sender exited with {s.returncode}")
+                time.sleep(0.05)
+        ps = {name: [psutil.Process(p.pid) for p in group] for name, group in running.items()}
+        start_cpu = {p.pid: sum(p.cpu_times()[:2]) for group in ps.values() for p in group}
+        tiers: dict[str, Tier] = {}
+        t0 = time.monotonic()
+        go.touch()
+        while any(s.poll() is None for s in senders):
+            _sample(ps, tiers, start_cpu)
+            time.sleep(0.25)
+        for s in senders:
+            if s.returncode != 0:
+                raise RuntimeError(f"a sender exited with {s.returncode}: see {work}")
+        sent_end = time.monotonic()
+        wall = sent_end - t0
+        accepted = _accepted(telemetry) - accepted_before
+        want = [expected(ranks, rounds, steps, layers, heads, m) for m in range(metrics)]
+        exact, deadline = False, time.monotonic() + 120
+        while not exact and time.monotonic() < deadline:
+            _sample(ps, tiers, start_cpu)
+            exact = True
+            for m in range(metrics):
+                name = f"sparse_attention_{METRICS[m]}"
+                for suffix, index in (("_count", 0), ("_sum", 1)):
+                    got = {(s["layer"], s["head"]): v for s, v in
+                           _query(prom, f'{name}{suffix}{{run_id="{run_id}"}}')}
+                    if got != {k: t[index] for k, t in want[m].items()}:
+                        exact = False
+            if not exact:
+                time.sleep(0.2)
+        delay = time.monotonic() - sent_end
+        stored = _query(prom, f'count({{run_id="{run_id}"}})')
+        hist = _query(prom, f'count({{__name__=~"sparse_attention_.+", run_id="{run_id}"}})')
+        per_rank = _query(prom, f'count({{rank!="", run_id="{run_id}"}})')
+        points = ranks * rounds * (metrics * layers * heads + metrics)
+        return Result(
+            ranks=ranks, layers=layers, heads=heads, metrics=metrics, rounds=rounds,
+            series_stored=int(stored[0][1]) if stored else 0,
+            histogram_series=int(hist[0][1]) if hist else 0,
+            per_rank_series=int(per_rank[0][1]) if per_rank else 0,
+            exact=exact, points_sent=points, send_wall_s=round(wall, 2),
+            points_per_s=round(accepted / wall, 1), delay_s=round(delay, 2), tiers=tiers)
+    finally:
+        for group in running.values():
+            for p in group:
+                if p.poll() is None:
+                    p.terminate()
+        for group in running.values():
+            for p in group:
+                try:
+                    p.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+        for log in logs:
+            log.close()
+
+
+def sender(args: argparse.Namespace) -> None:
+    """Play ranks [first, last): one Aggregator, resource and OTLP exporter per rank."""
+    import numpy as np
+    from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
+    from opentelemetry.sdk.metrics.export import MetricsData, ResourceMetrics, ScopeMetrics
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+
+    from otel_sparse._instruments import make_spec
+    from otel_sparse.aggregator import Aggregator
+
+    scope = InstrumentationScope("otel_sparse", "bench")
+    specs = [make_spec(m, float) for m in METRICS[:args.metrics]]
+    logged = make_spec("events.logged", int, kind="counter")
+    keys = [(("head", h), ("layer", layer)) for layer in range(args.layers)
+            for h in range(args.heads)]
+    ranks = []
+    for rank in range(args.first, args.last):
+        resource = Resource({"run.id": args.run_id, "rank": rank, "world.size": args.world,
+                             "local.rank": rank % 8, "host.name": args.node,
+                             "service.name": "otel-sparse",
+                             "service.instance.id": f"{args.run_id}-{rank}",
+                             "process.pid": os.getpid()})
+        exporter = OTLPMetricExporter(endpoint=args.endpoint, insecure=True, timeout=30)
+        ranks.append((rank, Aggregator(start_ns=time.time_ns()), resource, exporter))
+    Path(args.go).with_suffix(f".ready{os.getpid()}").touch()
+    while not Path(args.go).exists():
+        time.sleep(0.02)
+    start = time.monotonic()
+    for round_ in range(args.rounds):
+        for rank, agg, resource, exporter in ranks:
+            for m, spec in enumerate(specs):
+                block = np.array([[value(rank, round_, s, layer, h, m)
+                                   for (_, h), (_, layer) in keys] for s in range(args.steps)])
+                agg.record_columns(f"sparse_attention.{METRICS[m]}", spec, keys, block)
+                agg.record("otel_sparse.events.logged", logged, (("metric", METRICS[m]),),
+                           float(block.size))
+            data = MetricsData(resource_metrics=[ResourceMetrics(
+                resource=resource, schema_url="",
+                scope_metrics=[ScopeMetrics(scope=scope, metrics=agg.collect(time.time_ns()),
+                                            schema_url="")])])
+            if exporter.export(data).name != "SUCCESS":
+                print(f"rank {rank}: export failed", file=sys.stderr)
+                sys.exit(1)
+        pause = start + (round_ + 1) * args.interval - time.monotonic()
+        if pause > 0 and round_ + 1 < args.rounds:
+            time.sleep(pause)
+    for *_, exporter in ranks:
+        exporter.shutdown()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--ranks", type=int, default=4)
+    parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument("--heads", type=int, default=4)
+    parser.add_argument("--metrics", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=2)
+    parser.add_argument("--procs", type=int, default=4)
+    parser.add_argument("--agents", type=int, default=2)
+    parser.add_argument("--interval", type=float, default=2.0)
+    parser.add_argument("--json", action="store_true")
+    # sender mode (internal)
+    parser.add_argument("--sender", action="store_true")
+    parser.add_argument("--first", type=int)
+    parser.add_argument("--last", type=int)
+    parser.add_argument("--world", type=int)
+    parser.add_argument("--endpoint")
+    parser.add_argument("--run-id")
+    parser.add_argument("--go")
+    parser.add_argument("--node")
+    args = parser.parse_args()
+    if args.sender:
+        sender(args)
+        return
+    result = run(args.ranks, args.layers, args.heads, metrics=args.metrics, rounds=args.rounds,
+                 steps=args.steps, procs=args.procs, agents=args.agents,
+                 interval_s=args.interval)
+    if args.json:
+        print(json.dumps(asdict(result)))
+        return
+    tiers = ", ".join(f"{k}: {t.cpu_s:.1f} cpu-s {t.peak_rss_mib:.0f} MiB"
+                      for k, t in result.tiers.items())
+    print(f"N={result.ranks} {result.layers}x{result.heads}x{result.metrics}: "
+          f"series {result.series_stored} (histogram {result.histogram_series}, per-rank "
+          f"{result.per_rank_series}), exact {result.exact}, {result.points_per_s:.0f} "
+          f"points/s accepted, delay {result.delay_s:.1f} s; {tiers}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,117 @@
+"""Following a live run: the lines its event files gain, for ``tail``."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from otel_sparse.analysis.jsonl import BadLines, loads_line
+from otel_sparse.analysis.runs import DataFile, data_files
+from otel_sparse.layout import EVENT_FILE_RE
+
+
+class EventFollower:
+    """Reads the complete lines that a live run's event files (every rank) gain, for ``tail``.
+
+    Example:
+        >>> follower = EventFollower("otel_sparse_runs/<run>")   # doctest: +SKIP
+        >>> for data_file, event in follower.poll(): ...          # doctest: +SKIP
+    """
+
+    def __init__(
+        self, folder: str | os.PathLike[str], last: int | None = None,
+        accept: Callable[[dict[str, Any]], bool] | None = None,
+    ) -> None:
+        """Args:
+            folder: the run folder.
+            last: on the first poll, start about this many lines from each file's end
+                (None: from the start).
+            accept: keep only the records it accepts (``last`` counts those).
+        """
+        self.folder = os.fspath(folder)
+        self._accept = accept
+        self._last = last
+        self._offsets: dict[str, int] = {}
+        self._partial: dict[str, bytes] = {}
+        self._bad = BadLines()
+        self._started = False
+
+    def poll(self) -> list[tuple[DataFile, dict[str, Any]]]:
+        """Events written since the last poll, in timestamp order; a partial last line waits."""
+        found: list[tuple[DataFile, dict[str, Any]]] = []
+        window = self._last is not None and not self._started  # files there at the start
+        for data_file in data_files(self.folder, EVENT_FILE_RE):
+            path = data_file.path
+            try:
+                size = os.path.getsize(path)
+            except OSError:
+                continue
+            offset = self._offsets.get(path, 0)
+            skip_head = False
+            if window and self._last is not None:
+                offset = max(0, size - 8192 * max(1, self._last))
+                skip_head = offset > 0
+            if size < offset:  # truncated or replaced: read it again from the start
+                offset = 0
+                self._partial.pop(path, None)
+            if size == offset:
+                self._offsets[path] = offset
+                continue
+            with open(path, "rb") as f:
+                f.seek(offset)
+                data = f.read(size - offset)
+            buffer = self._partial.pop(path, b"") + data
+            lines = buffer.split(b"\n")
+            if skip_head:
+                lines = lines[1:]  # started mid-file: the first piece is a line's tail
+            rest = lines.pop() if lines else b""
+            if rest:
+                self._partial[path] = rest
+            self._offsets[path] = offset + len(data)
+            for line in lines:
+                text = line.strip()
+                if not text:
+                    continue
+                try:
+                    record = loads_line(text)
+                except ValueError:
+                    self._bad.add(path, None, truncated=False)
+                    continue
+                if isinstance(record, dict) and (self._accept is None or self._accept(record)):
+                    found.append((data_file, record))
+        self._bad.report()
+        found.sort(key=lambda item: str(item[1].get("timestamp", "")))
+        if window and self._last is not None:
+            found = found[-self._last:] if self._last > 0 else []
+        self._started = True
+        return found
+
+
+def record_value(record: Mapping[str, Any], key: str) -> Any:
+    """A key of one event-file record: its context, else its metadata, else the record's own."""
+    for part in ("context", "metadata"):
+        values = record.get(part)
+        if isinstance(values, dict) and key in values:
+            return values[key]
+    return record.get(key)
+
+
+def record_matches(record: Mapping[str, Any], where: Mapping[str, Sequence[str]]) -> bool:
+    """Whether one event-file record matches ``where`` (``parse_where``; numbers as numbers)."""
+    for key, wanted in where.items():
+        value = record_value(record, key)
+        text = "" if value is None else str(value)
+        if text in wanted:
+            continue
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            numbers = []
+            for item in wanted:
+                try:
+                    numbers.append(float(item))
+                except ValueError:
+                    continue
+            if float(value) in numbers:
+                continue
+        return False
+    return True

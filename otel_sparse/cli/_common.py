@@ -1,0 +1,184 @@
+"""What every command shares: the typer app, exit codes, consoles, one-line errors."""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from otel_sparse._version import __version__
+from otel_sparse.analysis import (
+    AnalysisError,
+)
+
+if TYPE_CHECKING:
+
+    from otel_sparse.analysis import RunData
+
+
+EXIT_USAGE = 2
+"""Exit code for a mistake the user can fix: wrong path, empty run, unknown metric."""
+EXIT_FAILED = 1
+"""Exit code for a refused export, or problems found by ``doctor``."""
+
+app = typer.Typer(
+    name="otel-sparse",
+    help="Run, inspect and replay otel_sparse runs (micro_metrics.jsonl, metrics.jsonl, run.json).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+)
+
+
+def console(stderr: bool = False) -> Console:
+    """A console that does not wrap tables at 80 columns when the output is not a terminal."""
+    console = Console(stderr=stderr, highlight=False)
+    if not console.is_terminal and not os.environ.get("COLUMNS"):
+        console = Console(stderr=stderr, highlight=False, width=200)
+    return console
+
+
+def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
+    """Print one error line to stderr and exit (no traceback)."""
+    line = " ".join(part.strip() for part in message.splitlines() if part.strip())
+    console(stderr=True).print(f"[bold red]error:[/] {escape(line)}", soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def num(value: Any) -> str:
+    """A statistic as shown in tables: 6 significant digits, '-' for missing."""
+    if value is None:
+        return "-"
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return str(value)
+    if math.isnan(number):
+        return "-"
+    return f"{number:.6g}"
+
+
+def short(value: Any) -> str:
+    """A statistic in a narrow table: 4 significant digits, '-' for missing."""
+    if value is None:
+        return "-"
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return str(value)
+    if math.isnan(number):
+        return "-"
+    return f"{number:.4g}"
+
+
+def cell(value: Any) -> str:
+    """A grouping value (stage, k, layer) as shown in tables: '-' when missing."""
+    if value is None:
+        return "-"
+    try:
+        import pandas as pd
+
+        if pd.isna(value):
+            return "-"
+    except (TypeError, ValueError, ImportError):
+        pass
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def parse_where_option(where: Sequence[str] | None) -> dict[str, list[str]]:
+    """``--where`` items as ``{key: values}``; exits 2 for an item that is not KEY=VALUE."""
+    from otel_sparse.analysis import parse_where
+
+    with analysis_errors():
+        return parse_where(where or [])
+
+
+def flag(name: str, help: str) -> Any:
+    """A boolean option that takes no value, shown without a type in ``--help``."""
+    return typer.Option(name, help=help, metavar="")
+
+
+WHERE_HELP = ("Only events where KEY=VALUE (a context key such as stage or step, a metadata "
+              "key, a run.json parameter). Repeat: the same key means OR, different keys AND.")
+BY_HELP = "One row (or line) per value of this key too: a context, metadata or parameter key."
+
+
+def key_text(value: Any) -> str:
+    """A layer/head id as shown in tables: '-' when missing."""
+    if value is None:
+        return "-"
+    try:
+        import pandas as pd
+
+        if pd.isna(value):
+            return "-"
+    except (TypeError, ValueError, ImportError):
+        pass
+    return str(int(value))
+
+
+@contextmanager
+def analysis_errors() -> Iterator[None]:
+    """Turn analysis errors and a missing pandas/matplotlib into one-line exits."""
+    try:
+        yield
+    except AnalysisError as exc:
+        fail(str(exc))
+    except ImportError as exc:
+        fail(f"{exc.name or exc} is needed for this command: pip install 'otel-sparse[analysis]'")
+
+
+_BOOLEAN_WORDS = frozenset({"true", "false", "yes", "no", "on", "off", "1", "0"})
+
+
+def check_run_paths(paths: Sequence[Path]) -> None:
+    """Exit 2 naming the mistake when a run path is a flag's value (``--by-head true``)."""
+    for path in paths:
+        if not path.exists() and path.name.lower() in _BOOLEAN_WORDS:
+            fail(f"{str(path)!r} is not a run folder: flags take no value "
+                 f"(write --by-head, not --by-head {path})")
+
+
+def load_runs(paths: Sequence[Path]) -> RunData:
+    """Read runs for a command; exits 2 for a wrong path or a run without events."""
+    from otel_sparse.analysis import read_run
+
+    check_run_paths(paths)
+    with analysis_errors():
+        data = read_run([str(p) for p in paths])
+    if data.events.empty:
+        where = ", ".join(str(p) for p in paths)
+        if data.non_numeric:
+            fail(f"no numeric events in {where} ({data.non_numeric} non-numeric event(s) only)")
+        fail(f"no events in {where}: the run is empty (or has not written its events yet)")
+    return data
+
+
+def main() -> None:
+    """Entry point of the ``otel-sparse`` console script."""
+    app()
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        typer.echo(f"otel-sparse {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option("--version", callback=_version_callback,
+                                          is_eager=True, help="Print the version and exit.")]
+    = False,
+) -> None:
+    """Run, inspect and replay otel_sparse runs."""
