@@ -189,7 +189,8 @@ def run(ranks: int, layers: int, heads: int, *, metrics: int = 2, rounds: int = 
 
     try:
         (prom_port, vm_port) = _free_ports(2)
-        (work / "prom.yml").write_text("global: {scrape_interval: 15s}\n")
+        (work / "prom.yml").write_text("global: {scrape_interval: 15s}\n"
+                                       "storage: {tsdb: {out_of_order_time_window: 10m}}\n")
         prom = f"http://{LOOPBACK}:{prom_port}"
         proc = start("prometheus", ["/usr/bin/prometheus", f"--config.file={work / 'prom.yml'}",
                                     f"--storage.tsdb.path={work / 'tsdb'}",

@@ -169,6 +169,29 @@ def _buckets(counts: dict[int, int]) -> Buckets:
     return Buckets(offset=lo, bucket_counts=[counts.get(i, 0) for i in range(lo, hi + 1)])
 
 
+def merge_points(
+    points: list[tuple[int, int, int, list[int], int, list[int]]],
+) -> tuple[int, int, Buckets, Buckets]:
+    """Add up exponential histograms given as (scale, zero_count, positive offset, positive
+    counts, negative offset, negative counts): at the coarsest of their scales, exactly
+    (delta rows of one series summed; no bucket limit applies).
+
+    Returns (scale, zero_count, positive, negative).
+    """
+    scale = min(p[0] for p in points)
+    zero = sum(p[1] for p in points)
+    merged: tuple[dict[int, int], dict[int, int]] = ({}, {})
+    for s, _, pos_offset, pos_counts, neg_offset, neg_counts in points:
+        shift = s - scale
+        for out, offset, counts in ((merged[0], pos_offset, pos_counts),
+                                    (merged[1], neg_offset, neg_counts)):
+            for j, n in enumerate(counts):
+                if n:
+                    i = (offset + j) >> shift
+                    out[i] = out.get(i, 0) + int(n)
+    return scale, zero, _buckets(merged[0]), _buckets(merged[1])
+
+
 def flat_buckets(
     scale: int, zero_count: int, positive: Buckets, negative: Buckets
 ) -> tuple[list[float], list[int]]:

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from otel_sparse._compat import zip_strict
 from otel_sparse._cuda import (
     READY,
     GpuTime,
@@ -182,11 +183,19 @@ def take_metadata(metadata: Any) -> Any:
     empty value) becomes a new empty dict; metadata that is no dict is kept as given (the
     writer counts it as invalid).
     """
-    if not metadata:
+    if type(metadata) is dict:  # the usual case first: one copy, one pass over the values
+        taken = {**metadata}
+    elif not metadata:
         return {}
-    if not isinstance(metadata, dict):
+    elif isinstance(metadata, dict):
+        taken = metadata.copy()
+    else:
         return metadata
-    taken = {**metadata} if type(metadata) is dict else metadata.copy()
+    for value in taken.values():
+        if isinstance(value, _NESTED):
+            break
+    else:
+        return taken
     for key, value in taken.items():
         if isinstance(value, _NESTED):
             taken[key] = value.copy()
@@ -297,7 +306,7 @@ class HostValues:
                 for i in indices:
                     self.errors[i] = f"{type(exc).__name__}: {exc}"
                 continue
-            for row, i in zip(stacked, indices, strict=True):
+            for row, i in zip_strict(stacked, indices):
                 self._arrays[i] = np.asarray(row)  # 0-d rows come out as numpy scalars
         self._pending = []
         return self._arrays

@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 from bisect import bisect_left
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Union
 
 import numpy as np
 from opentelemetry.sdk.metrics.export import (
@@ -23,6 +23,7 @@ from opentelemetry.sdk.metrics.export import (
     Sum,
 )
 
+from otel_sparse._compat import zip_strict
 from otel_sparse._exponential import DEFAULT_MAX_BUCKETS, ExponentialHistogramState
 from otel_sparse._instruments import (
     OVERFLOW_ATTRIBUTES,
@@ -78,7 +79,7 @@ class GaugeState:
         self.value = value
 
 
-State = HistogramState | ExponentialHistogramState | SumState | GaugeState
+State = Union[HistogramState, ExponentialHistogramState, SumState, GaugeState]
 
 
 def add_values(states: Sequence[State], values: Sequence[float]) -> None:
@@ -88,7 +89,7 @@ def add_values(states: Sequence[State], values: Sequence[float]) -> None:
     writer shares the GIL with the training loop, and a method call per value was a third
     of its time.
     """
-    for state, value in zip(states, values, strict=True):
+    for state, value in zip_strict(states, values):
         if type(state) is HistogramState:
             state.count += 1
             state.sum += value

@@ -51,7 +51,7 @@ class LogEvent:
 
     # Not annotated on purpose: an annotation would make it a sixth dataclass field. The
     # cast gives type checkers its type; the class default makes every event readable.
-    context = cast(EventContext | None, None)
+    context = cast(Optional[EventContext], None)  # evaluated at run time: 3.9 has no X | Y
     """The context the event was logged under, or None (not a field: see the module doc)."""
 
 

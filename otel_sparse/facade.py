@@ -34,6 +34,7 @@ from otel_sparse._arguments import (
     hashable,
     stable_order,
 )
+from otel_sparse._callsite import location as callsite_location
 from otel_sparse._cuda import CudaTimer, timer_device
 from otel_sparse._instruments import (
     DEFAULT_TIMER_BOUNDARIES,
@@ -435,11 +436,9 @@ class MicroMetricLogger(metaclass=_SingletonMeta):
         return True
 
     def _locate(self, frame: FrameType) -> str:
-        code = frame.f_code
-        module = frame.f_globals.get("__name__", "unknown")
-        location = f"{module}.{code.co_qualname}"
-        self._locations[code] = location
-        return location
+        """The caller's location string (otel_sparse/_callsite.py), cached per call site."""
+        found = self._locations[frame.f_code] = callsite_location(frame)
+        return found
 
     def _hand_off(self, queue: deque[LogEvent]) -> None:
         """Give the full queue to the writer: a swap and an append, O(1)."""

@@ -147,7 +147,8 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
         _finish_sigterm(signum, frame)
 
     for logger in live_loggers():
-        if logger.defer_if_busy(finish):
+        defer = getattr(logger, "defer_if_busy", None)  # a logger of another make may lack it
+        if defer is not None and defer(finish):
             return
     _finish_sigterm(signum, frame)
 

@@ -12,8 +12,8 @@ import urllib.request
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
-from otel_sparse import config
 from otel_sparse._safety import mask_url
+from otel_sparse.config import OTEL_EXPORTER_OTLP_METRICS_ENDPOINT, otlp_headers, otlp_setting
 
 if TYPE_CHECKING:
     from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
@@ -34,8 +34,8 @@ def resolve_endpoint(endpoint: str | None, protocol: str,
     """Where ``replay`` sends: the argument, else OTEL_EXPORTER_OTLP_[METRICS_]ENDPOINT
     (``config.otlp_setting``), else localhost. For HTTP the result is the full URL,
     ``/v1/metrics`` included (a metrics-only endpoint variable is used as is, as OTel says)."""
-    found = config.otlp_setting("endpoint", endpoint, environ)
-    per_signal = found is not None and found[0] == config.OTEL_EXPORTER_OTLP_METRICS_ENDPOINT
+    found = otlp_setting("endpoint", endpoint, environ)
+    per_signal = found is not None and found[0] == OTEL_EXPORTER_OTLP_METRICS_ENDPOINT
     endpoint = found[1] if found is not None else _DEFAULT_ENDPOINTS[protocol]
     if "://" not in endpoint:
         endpoint = "http://" + endpoint
@@ -62,7 +62,7 @@ def parse_headers(raw: Sequence[str]) -> dict[str, str]:
 
 def env_headers(environ: Mapping[str, str] | None = None) -> list[str]:
     """OTEL_EXPORTER_OTLP_[METRICS_]HEADERS (``config.otlp_headers``) as one raw item, or none."""
-    raw = config.otlp_headers(None, environ)
+    raw = otlp_headers(None, environ)
     return [raw] if raw else []
 
 

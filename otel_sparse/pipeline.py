@@ -77,7 +77,8 @@ class DropCounter:
 
     counts: dict[tuple[str, str], int] = field(default_factory=dict)
     _reported: set[str] = field(default_factory=set)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _lock: threading.RLock = field(default_factory=threading.RLock)
+    """Re-entrant: a signal handler that logs a dropped event may interrupt an add()."""
 
     def add(self, reason: str, metric: str, n: int = 1, why: str | None = None) -> None:
         """Count ``n`` drops; the first drop of a reason is reported through logging."""

@@ -8,6 +8,7 @@ queued events are written to its own folder first, and run.json says how it ende
 
 from __future__ import annotations
 
+import atexit
 import fcntl
 import json
 import os
@@ -18,6 +19,7 @@ import time
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from importlib import metadata as importlib_metadata
+from types import TracebackType
 from typing import Any
 
 from otel_sparse._safety import mask_text
@@ -160,6 +162,7 @@ def start_run(
                              sampling_factor=sampling_factor, exporters=exporters)
     write_manifest(path, params, started_unix=time.time())
     logger._run = _Run(logger, path)
+    _watch_exit()
     return logger
 
 
@@ -170,6 +173,8 @@ class _Run:
         self.logger = logger
         self.path = path
         self.ended = False
+        self.pid = os.getpid()  # a forked child never ends its parent's run
+        _open_runs.append(self)
 
     def end(
         self, exc_type: type[BaseException] | None = None, *, status: str | None = None
@@ -178,6 +183,8 @@ class _Run:
         if self.ended:
             return
         self.ended = True
+        if self in _open_runs:
+            _open_runs.remove(self)
         logger = self.logger
         if logger._run is self:
             logger._run = None
@@ -188,6 +195,49 @@ class _Run:
         error = exc_type.__name__ if exc_type is not None else None
         write_manifest(self.path, None, end=datetime.now(timezone.utc).isoformat(),
                        status=status, error=error)
+
+
+_open_runs: list[_Run] = []
+"""Runs started and not yet ended; the interpreter's exit ends them."""
+_uncaught: list[type[BaseException]] = []
+"""The type of the exception that ended the main program, if one did (``sys.excepthook``)."""
+_previous_excepthook: Any = None
+
+
+def _note_uncaught(
+    exc_type: type[BaseException], exc: BaseException, tb: TracebackType | None
+) -> None:
+    _uncaught.append(exc_type)
+    (_previous_excepthook or sys.__excepthook__)(exc_type, exc, tb)
+
+
+def _watch_exit() -> None:
+    """Once: at exit, end every open run (``failed`` after an uncaught exception, else
+    ``finished``), so a script that never calls ``end_run()`` still gets its end in run.json.
+
+    Registered after the lifecycle's own exit hook, so it runs first (atexit is LIFO): the
+    run's events are written by its ``close()`` before the manifest is stamped.
+    """
+    global _previous_excepthook
+    if _previous_excepthook is not None:
+        return
+    _previous_excepthook = sys.excepthook
+    sys.excepthook = _note_uncaught
+    atexit.register(_end_open_runs)
+
+
+def _end_open_runs() -> None:
+    failed = _uncaught[-1] if _uncaught else None
+    for run in _open_runs[:]:  # end() removes each from the list
+        if run.pid != os.getpid():
+            continue
+        try:
+            run.end(failed)
+        except Exception:  # never raise at exit; the lifecycle hook still closes the logger
+            import logging
+
+            logging.getLogger("otel_sparse").exception("otel_sparse: ending run %s at exit",
+                                                       run.path)
 
 
 def end_run(logger: MicroMetricLogger | None = None) -> None:

@@ -10,8 +10,9 @@
 #   2. Prometheus 2.42 + promtool from Debian (scripts/install-prometheus.sh).
 #   3. Our collector distribution (scripts/build-collector.sh): ~3-5 min cold, cached by
 #      the manifest's hash + Go and builder versions afterwards.
-#   4. vmagent, the aggregation tier (scripts/build-vmagent.sh): 87 s with the collector's Go
-#      caches warm (+0.3 GB module cache, +0.16 GB build cache), cached afterwards.
+#   4. vmagent, the aggregation tier (scripts/build-vmagent.sh): 79 s of CPU and 0.5 GB of Go
+#      caches cold, 87 s wall with the collector's Go caches warm; cached afterwards
+#      (docs/cluster.md, "Installing the aggregator").
 #   5. ruff and mypy, then pytest over tests/ (unit, deploy and integration; nothing skipped
 #      for want of a tool: CUDA tests alone skip, on machines without a GPU).
 set -euo pipefail

@@ -37,3 +37,18 @@ def wait_for(predicate: Callable[[], _T], timeout: float = 10.0, what: str = "co
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(0.02)
+
+
+def cli_runner() -> Any:
+    """A ``typer.testing.CliRunner`` with stdout and stderr apart on every click version.
+
+    Newer typer/click keep them apart by default and have no ``mix_stderr``; click 8.1 (the
+    last for Python 3.9) mixes them unless told not to.
+    """
+    import inspect
+
+    from typer.testing import CliRunner
+
+    if "mix_stderr" in inspect.signature(CliRunner).parameters:
+        return CliRunner(mix_stderr=False)
+    return CliRunner()

@@ -74,6 +74,6 @@ def fresh_logger(monkeypatch: pytest.MonkeyPatch) -> Iterator[type[MicroMetricLo
     finally:
         _close_live_loggers()
         _reset_singleton()
-        for d, before in zip(_class_dicts(), saved, strict=True):
+        for d, before in zip(_class_dicts(), saved):  # same length: both from _class_dicts()
             d.clear()
             d.update(before)

@@ -274,7 +274,7 @@ class TestShapesAndPaths:
         otel_sparse.end_run(logger)
         data = read_run(tmp_path / "run")
         grid = data.events[data.events["metric"] == "grid"]
-        assert list(zip(grid["layer"], grid["head"], grid["value"], strict=True)) == [
+        assert list(zip(grid["layer"], grid["head"], grid["value"])) == [  # columns of one frame
             (layer, head, (3 * layer + head) / 8) for layer in range(2) for head in range(3)
         ]
         loss = data.events[data.events["metric"] == "loss"]

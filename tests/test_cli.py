@@ -18,12 +18,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
-from typer.testing import CliRunner
 
 import otel_sparse
 from otel_sparse import MicroMetricLogger
 from otel_sparse.analysis import count_data_points, parse_otlp_line
 from otel_sparse.cli import app, mask_env_value, parse_headers, resolve_endpoint
+from tests._helpers import cli_runner
 
 DENSITY = "research_attention_density"
 STEPS, LAYERS, HEADS = 4, 3, 4
@@ -68,7 +68,7 @@ def known_run(tmp_path: Path, clean: None, monkeypatch: pytest.MonkeyPatch) -> P
 
 def invoke(*args: str, env: dict[str, str] | None = None) -> Any:
     """Run one command in-process."""
-    return CliRunner().invoke(app, list(args), env=env)
+    return cli_runner().invoke(app, list(args), env=env)
 
 
 def titled_tables(output: str) -> dict[str, list[list[str]]]:
@@ -378,7 +378,7 @@ class TestReplay:
         expected = requests_from_file(known_run)
         assert [path for path, _, _ in received] == ["/v1/metrics"] * len(expected)
         assert {team for _, _, team in received} == {"sparse"}
-        for (_, body, _), want in zip(received, expected, strict=True):
+        for (_, body, _), want in zip(received, expected):  # same length: asserted above
             got = ExportMetricsServiceRequest()
             got.ParseFromString(body)
             assert got == want
@@ -552,6 +552,17 @@ class TestWhereBy:
             assert int(count) == values.size
             assert float(mean) == pytest.approx(values.mean(), rel=1e-3)
 
+    def test_summary_of_runs_titled_by_parameters(self, sweep: list[Path]) -> None:
+        """Several runs: one table per run, named k=8, k=16, k=32 in command-line order."""
+        result = narrow("summary", *map(str, sweep), "-m", _sweep.DENSITY)
+        assert result.exit_code == 0, result.output
+        assert_fits_80(result.stdout)
+        tables = titled_tables(result.stdout)
+        assert list(tables) == [f"k={k}: {_sweep.DENSITY}" for k in (8, 16, 32)]
+        layer, _count, mean = tables[f"k=16: {_sweep.DENSITY}"][2][:3]
+        assert float(mean) == pytest.approx(
+            _sweep.values(_sweep.density, 16, layer=int(layer)).mean(), rel=1e-5)
+
     def test_summary_where_decode_only(self, sweep: list[Path]) -> None:
         result = invoke("summary", str(sweep[0]), "--where", "stage=decode", "--format", "csv",
                         "-m", _sweep.ERROR)
@@ -654,6 +665,22 @@ class TestSeveralRuns:
         assert frame.loc[("k=16", 2), "1"] == _sweep.values(_sweep.density, 16, layer=2,
                                                             head=1).mean()
 
+    def test_heatmap_by_stage(self, sweep: list[Path], tmp_path: Path) -> None:
+        """--by stage: a panel per stage (per run), decode apart from prefill."""
+        csv = tmp_path / "stages.csv"
+        result = invoke("heatmap", str(sweep[0]), "-m", _sweep.ERROR, "--by", "stage", "-o",
+                        str(tmp_path / "s.png"), "--csv", str(csv))
+        assert result.exit_code == 0, result.output
+        frame = pd.read_csv(csv, index_col=["run", "layer"])
+        assert sorted(set(frame.index.get_level_values("run"))) == ["stage=decode",
+                                                                    "stage=prefill"]
+        for stage in _sweep.STAGES:
+            assert frame.loc[(f"stage={stage}", 1), "2"] == _sweep.values(
+                _sweep.error, 8, stages=(stage,), layer=1, head=2).mean()
+        result = invoke("heatmap", "-m", _sweep.ERROR, "--by", "stage",
+                        "--diff", str(sweep[0]), str(sweep[1]), "-o", str(tmp_path / "x.png"))
+        assert result.exit_code == 2 and "leave out --by" in result.stderr
+
     def test_heatmap_diff(self, sweep: list[Path], tmp_path: Path) -> None:
         csv = tmp_path / "diff.csv"
         result = invoke("heatmap", "--diff", str(sweep[2]), str(sweep[0]), "-m", _sweep.ERROR,
@@ -689,10 +716,16 @@ class TestFlags:
         assert invoke("summary", str(known_run), "--by-head").exit_code == 0
 
     def test_help_shows_no_value_for_flags(self) -> None:
+        """No flag is shown taking a value; bracketed variable names survive (no markup)."""
         for command in ("summary", "compare"):
             result = invoke(command, "--help", env={"COLUMNS": "120"})
             line = next(li for li in result.stdout.splitlines() if "--by-head" in li)
             assert "<bool>" not in line and "BOOLEAN" not in line, line
+        for args in (["--help"], ["tail", "--help"], ["demo", "--help"]):
+            out = invoke(*args, env={"COLUMNS": "120"}).stdout
+            assert "<bool>" not in out and "BOOLEAN" not in out, out
+        out = invoke("replay", "--help", env={"COLUMNS": "200"}).stdout
+        assert "OTEL_EXPORTER_OTLP_[METRICS_]ENDPOINT" in out
 
 
 @pytest.fixture(autouse=True)

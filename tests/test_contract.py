@@ -137,7 +137,7 @@ class TestLogEvent:
         assert hints == {
             "timestamp": datetime,
             "metric": str,
-            "value": Any | None,
+            "value": typing.Optional[Any],
             "metadata": dict[str, Any],
             "location": str,
         }

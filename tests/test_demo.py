@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from typer.testing import CliRunner
 
 from otel_sparse import MicroMetricLogger
 from otel_sparse.cli import app
@@ -22,6 +21,7 @@ from otel_sparse.demo import (
     run_demo,
     summary_rows,
 )
+from tests._helpers import cli_runner
 
 STEPS, LAYERS, HEADS = 6, 3, 4
 SMALL = ["--steps", str(STEPS), "--layers", str(LAYERS), "--heads", str(HEADS), "--seq", "32",
@@ -115,7 +115,7 @@ def test_cli_demo_prints_files_and_summary(
         pytest.importorskip("torch")
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("OTEL_SPARSE_RUN_ID", f"demo-{backend}")
-    result = CliRunner().invoke(app, ["demo", *SMALL, "--backend", backend, "--device", "cpu"])
+    result = cli_runner().invoke(app, ["demo", *SMALL, "--backend", backend, "--device", "cpu"])
     assert result.exit_code == 0, result.output
     run_dir = tmp_path / "otel_sparse_runs" / f"demo-{backend}"
     check_run_files(run_dir)
@@ -134,7 +134,7 @@ def test_cli_demo_prints_files_and_summary(
 def test_cli_demo_run_dir_and_otlp_file(tmp_path: Path, clean: None) -> None:
     """--run-dir is the run folder; --exporters adds the OTLP/JSON file."""
     run_dir = tmp_path / "my-run"
-    result = CliRunner().invoke(app, ["demo", *SMALL, "--backend", "numpy", "--run-dir",
+    result = cli_runner().invoke(app, ["demo", *SMALL, "--backend", "numpy", "--run-dir",
                                       str(run_dir), "--exporters", "jsonl,otlp_file",
                                       "--no-heatmap"])
     assert result.exit_code == 0, result.output
@@ -152,7 +152,7 @@ def test_cli_demo_run_dir_and_otlp_file(tmp_path: Path, clean: None) -> None:
 )
 def test_cli_demo_bad_options(args: list[str], message: str, clean: None) -> None:
     """Bad sizes or exporters exit 2 with one line, before anything is written."""
-    result = CliRunner().invoke(app, ["demo", "--backend", "numpy", *args])
+    result = cli_runner().invoke(app, ["demo", "--backend", "numpy", *args])
     assert result.exit_code == 2
     assert message in result.stderr
     assert "Traceback" not in result.output
@@ -165,11 +165,11 @@ def test_auto_backend_without_torch(
     from otel_sparse import demo
 
     monkeypatch.setattr(demo, "torch_available", lambda: False)
-    result = CliRunner().invoke(app, ["demo", *SMALL, "--run-dir", str(tmp_path / "run")])
+    result = cli_runner().invoke(app, ["demo", *SMALL, "--run-dir", str(tmp_path / "run")])
     assert result.exit_code == 0, result.output
     assert "backend numpy" in result.stdout
     assert json.loads((tmp_path / "run" / "run.json").read_text())["params"]["backend"] == "numpy"
-    result = CliRunner().invoke(app, ["demo", "--backend", "torch"])
+    result = cli_runner().invoke(app, ["demo", "--backend", "torch"])
     assert result.exit_code == 2
     assert "torch is not installed" in result.stderr
 
@@ -222,16 +222,16 @@ def test_cli_command_is_bare_when_path_finds_this_script(
 
 def test_device_cuda_without_cuda_is_a_usage_error(clean: None) -> None:
     """--device cuda where CUDA cannot run exits 2 with a one-line reason, before any run."""
-    result = CliRunner().invoke(app, ["demo", "--backend", "numpy", "--device", "cuda"])
+    result = cli_runner().invoke(app, ["demo", "--backend", "numpy", "--device", "cuda"])
     assert result.exit_code == 2
     (line,) = result.stderr.strip().splitlines()
     assert "numpy backend runs on the CPU only" in line
     torch = pytest.importorskip("torch")
     if torch.cuda.is_available():
-        result = CliRunner().invoke(app, ["demo", "--backend", "torch", "--device", "cuda:99"])
+        result = cli_runner().invoke(app, ["demo", "--backend", "torch", "--device", "cuda:99"])
         assert result.exit_code == 2 and "CUDA device(s)" in result.stderr
         return
-    result = CliRunner().invoke(app, ["demo", "--backend", "torch", "--device", "cuda"])
+    result = cli_runner().invoke(app, ["demo", "--backend", "torch", "--device", "cuda"])
     assert result.exit_code == 2, result.output
     (line,) = result.stderr.strip().splitlines()
     assert line.startswith("error: --device cuda: CUDA is not available here")
@@ -240,7 +240,7 @@ def test_device_cuda_without_cuda_is_a_usage_error(clean: None) -> None:
 
 def test_cli_demo_tables_readable_at_80_columns(tmp_path: Path, clean: None) -> None:
     """In an 80-column terminal the demo's tables show whole metric names and numbers."""
-    result = CliRunner().invoke(app, ["demo", *SMALL, "--backend", "numpy", "--run-dir",
+    result = cli_runner().invoke(app, ["demo", *SMALL, "--backend", "numpy", "--run-dir",
                                       str(tmp_path / "run"), "--no-heatmap"],
                                 env={"COLUMNS": "80"})
     assert result.exit_code == 0, result.output

@@ -5,7 +5,9 @@ with this environment's ``otel-sparse`` first on PATH and ``.venv`` linked to it
 ``.venv/bin/otel-sparse`` works as the docs write it. As after the quickstart, the folder
 already holds one demo run in ``otel_sparse_runs/`` for the blocks that read "your runs". A block that needs what test machines
 lack (Docker, kubectl, a cluster, a GPU, the network) is tagged on the line before it with
-``<!-- no-run: <reason> -->``; the reason is required.
+``<!-- no-run: <reason> -->``; the reason is required. ``console`` blocks are transcripts
+(a command and what it printed, on example run folders): their ``otel-sparse`` commands are
+parsed against the CLI, so a renamed command or option shows here.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import subprocess
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -118,6 +121,8 @@ def _reader_env() -> dict[str, str]:
 @pytest.fixture(scope="module")
 def demo_runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """``otel_sparse_runs/`` holding one short demo run, made once for every doc."""
+    for module in ("torch", "pandas", "matplotlib"):  # optional extras: not on every CI root
+        pytest.importorskip(module)
     runs = tmp_path_factory.mktemp("seed") / "otel_sparse_runs"
     subprocess.run([str(Path(sys.executable).parent / "otel-sparse"), "demo", "--steps", "5",
                     "--backend", "numpy", "--no-heatmap", "--run-dir",
@@ -129,8 +134,6 @@ def demo_runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.mark.parametrize("doc", [p for p in DOCS if _to_run(p)], ids=lambda p: p.name)
 def test_doc_blocks_run(doc: Path, tmp_path: Path, demo_runs: Path) -> None:
     """Every python/bash block of ``doc`` without a no-run tag runs, in order, as written."""
-    for module in ("torch", "pandas", "matplotlib"):  # optional extras: not on every CI root
-        pytest.importorskip(module)
     todo = [{**asdict(b), "lang": RUNNABLE[b.lang]} for b in _to_run(doc)]
     (tmp_path / "blocks.json").write_text(json.dumps(todo))
     work = tmp_path / "work"
@@ -151,3 +154,54 @@ def test_torch_floor_in_docs_is_the_package_floor() -> None:
     assert floor is not None
     stated = re.search(r"needs torch\s+([\d.]+)\s+or newer", (REPO / "docs" / "torch.md").read_text())
     assert stated is not None and stated.group(1) == floor.group(1)
+
+
+def _transcript_commands() -> list[tuple[str, list[str]]]:
+    """``$ otel-sparse ...`` lines of the ``console`` blocks: (where, argv after the program)."""
+    import shlex
+
+    found = []
+    for path in DOCS:
+        for block in blocks(path):
+            if block.lang != "console":
+                continue
+            for offset, line in enumerate(block.code.splitlines(), 1):
+                if not line.startswith("$ "):
+                    continue
+                words = shlex.split(line[2:], comments=True)
+                while words and re.match(r"^[A-Z_][A-Z0-9_]*=", words[0]):  # VAR=value cmd
+                    words.pop(0)
+                if ">" in words:
+                    words = words[:words.index(">")]
+                if words and words[0] == "otel-sparse":
+                    found.append((f"{block.path}:{block.line + offset}", words[1:]))
+    return found
+
+
+def test_transcript_commands_parse() -> None:
+    """``console`` blocks are transcripts (shown, not run: their run folders are examples),
+    but every ``otel-sparse`` command in them names a real command with options it takes."""
+    from typer.main import get_command
+
+    try:  # typer >= 0.25 carries its own copy of click; older ones use click
+        from typer._click.exceptions import UsageError  # type: ignore[import-not-found]
+    except ImportError:
+        from click.exceptions import UsageError  # type: ignore[import-not-found,no-redef]
+
+    from otel_sparse.cli import app
+
+    group: Any = get_command(app)
+    commands = _transcript_commands()
+    assert commands  # the parser finds them (cli.md has several)
+    problems = []
+    for where, argv in commands:
+        with group.context_class(group, info_name="otel-sparse") as parent:
+            command = group.get_command(parent, argv[0]) if argv else None
+            if command is None:
+                problems.append(f"{where}: no command {argv[:1]}")
+                continue
+            try:
+                command.make_context(argv[0], argv[1:], parent=parent)
+            except UsageError as exc:
+                problems.append(f"{where}: {exc.format_message()}")
+    assert problems == []

@@ -243,3 +243,38 @@ class TestRows:
 def test_bound_docstring_figure() -> None:
     """Scale 4 buckets are 2**(1/16) wide: 4.4 %, as docs/configuration.md says."""
     assert math.isclose(bucket_bound(1, 4) - 1, 0.0443, abs_tol=5e-5)
+
+
+def test_delta_rows_merge_at_the_coarsest_scale(
+    fresh_logger: type[MicroMetricLogger], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Delta rows with different scales: totals() adds their raw buckets exactly."""
+    pytest.importorskip("pandas")
+    from otel_sparse.analysis import read_run
+
+    monkeypatch.setenv("OTEL_SPARSE_HISTOGRAM", "exponential")
+    monkeypatch.setenv("OTEL_SPARSE_TEMPORALITY", "delta")
+    fresh_logger.register_metric(DENSITY, float)
+    logger = fresh_logger(log_path=str(tmp_path), enabled_metrics="all", exporters=["jsonl"])
+    pipeline = logger._pipeline_or_start()
+    logged = []
+    for spread in (1.5, 10.0, 1e4):  # each delta row spans more: its scale drops
+        values = [spread ** (k / 10) * 0.3 for k in range(-10, 11)] + [0.0, -spread]
+        for v in values:
+            logger.log(DENSITY, v, {"layer": 0, "head": 0})
+        logged += values
+        logger.flush()
+        pipeline._export(wait_local=True)
+    logger.close()
+    run = read_run(tmp_path)
+    points = run.points[run.points["metric"] == f"sparse_attention.{DENSITY}"]
+    assert points["scale"].nunique() > 1
+    total = run.totals()
+    row = total[total["metric"] == f"sparse_attention.{DENSITY}"].iloc[0]
+    assert row["count"] == len(logged) and row["scale"] == points["scale"].min()
+    assert row["zero_count"] == 3 and sum(row["bucket_counts"]) == len(logged)
+    bounds = row["bucket_bounds"]
+    inner = np.asarray([v for v in logged if v not in bounds])
+    direct = np.bincount(np.searchsorted(bounds, inner, side="left"),
+                         minlength=len(row["bucket_counts"]))
+    assert (direct <= np.asarray(row["bucket_counts"])).all()

@@ -230,7 +230,7 @@ class TestPlainFork:
                     code = 1
                     try:
                         child = MicroMetricLogger()
-                        for _ in range(ROUNDS):
+                        for _ in range(3):
                             child.log(DENSITY, 0.5, {"layer_idx": 7})
                         child.close()
                         code = 0
@@ -293,7 +293,7 @@ class TestForkWhileConstructing:
         assert [e["value"] for f in files for e in read_jsonl(f)] == [0.5]
 
 
-ROUNDS = 2
+FORK_KILL_ROUNDS = 2
 _FORK_WHILE_LOCKED = """
     import os, signal, sys, threading, time
     from otel_sparse.exporters._files import AppendOnlyFile
@@ -329,7 +329,7 @@ class TestFileLockAcrossFork:
         path = tmp_path / "micro_metrics.jsonl"
         children: list[int] = []
         try:
-            for _ in range(ROUNDS):
+            for _ in range(FORK_KILL_ROUNDS):
                 proc = subprocess.Popen(
                     [sys.executable, "-c", textwrap.dedent(_FORK_WHILE_LOCKED), str(path)],
                     stdout=subprocess.PIPE, text=True)

@@ -17,7 +17,7 @@ import random
 import sys
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -221,17 +221,24 @@ def _same_points(fast: dict[Any, Any], plain: dict[Any, Any]) -> list[str]:
 
 
 def differences(seed: int, tmp: Path, n: int = 1500) -> list[str]:
-    """Run one stream through both engines; what differs (empty: nothing)."""
+    """Run one random stream through both engines; what differs (empty: nothing)."""
     rng = random.Random(seed)
     settings = Settings(exporters=(), max_series=rng.choice([4, 16, 20000]),
                         temporality=rng.choice(["cumulative", "delta"]))
+    return stream_differences(event_stream(seed, n), settings, tmp / f"seed{seed}")
+
+
+def stream_differences(batches: Iterable[list[LogEvent]], settings: Settings,
+                       tmp: Path) -> list[str]:
+    """Run ``batches`` through both engines; what differs (empty: nothing)."""
     owner = _Owner()
-    fast = _pipeline(tmp / f"fast{seed}", owner, True, settings)
-    plain = _pipeline(tmp / f"plain{seed}", owner, False, settings)
+    tmp.mkdir()
+    fast = _pipeline(tmp / "fast", owner, True, settings)
+    plain = _pipeline(tmp / "plain", owner, False, settings)
     assert isinstance(fast.lines, CachedLines) and type(plain.lines) is PlainLines
     diffs: list[str] = []
     try:
-        for k, batch in enumerate(event_stream(seed, n)):
+        for k, batch in enumerate(batches):
             plain.write_now(deque(batch), export=False)
             try:
                 fast.write_now(deque(batch), export=False)
@@ -278,6 +285,21 @@ def test_streams_reach_every_tier(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     for seed in range(3):
         assert differences(seed, tmp_path) == []
     assert all(n > 0 for n in calls.values()), calls
+
+
+def test_enum_and_uuid_never_take_their_plain_twins_line(tmp_path: Path) -> None:
+    """orjson writes an Enum as its value and a UUID as its string: the same key text as the
+    plain value logged before at the same place. The event still gets its own (repr) line."""
+    def ev(i: int, metadata: dict[str, Any]) -> LogEvent:
+        return LogEvent(T0 + timedelta(seconds=i), "hist", 0.5, metadata, LOCATIONS[0])
+
+    uid = uuid.UUID(int=5)
+    batches = [[ev(0, {"x": 1}), ev(1, {"x": str(uid)})], [ev(2, {"x": 1}), ev(3, {"x": str(uid)})],
+               [ev(4, {"x": Color.RED}), ev(5, {"x": uid})], [ev(6, {"x": Color.RED})]]
+    assert stream_differences(batches, Settings(exporters=()), tmp_path / "twins") == []
+    lines = (tmp_path / "twins" / "fast" / "micro_metrics.jsonl").read_text().splitlines()
+    assert '"metadata": {"x": "<Color.RED: 1>"}' in lines[4]
+    assert "UUID(" in lines[5]
 
 
 # -- the accept rule, loosened: each mutation must be caught ------------------------------

@@ -12,6 +12,7 @@ import pytest
 
 import otel_sparse
 from otel_sparse import MicroMetricLogger
+from otel_sparse._compat import zip_strict
 from tests._helpers import latest_points, read_jsonl
 
 DENSITY = "research_attention_density"
@@ -34,7 +35,7 @@ class TestRuns:
             folders.append(Path(logger.log_path or ""))
             otel_sparse.end_run()
         assert folders[0] != folders[1] and all(f.parent == tmp_path for f in folders)
-        for folder, k in zip(folders, (8, 16), strict=True):
+        for folder, k in zip_strict(folders, (8, 16)):
             manifest = json.loads((folder / "run.json").read_text())
             assert manifest["params"] == {"k": k}
             assert manifest["run_id"] == folder.name and manifest["end"]
@@ -195,3 +196,55 @@ class TestRunsDoNotBleed:
         logger.flush()
         assert _values(tmp_path / "a") == [0.5]
         assert _values(tmp_path / "b") == [1.0]
+
+
+_NO_END_RUN = """
+import sys, otel_sparse
+from otel_sparse import MicroMetricLogger
+MicroMetricLogger.register_metric("d", float)
+lg = otel_sparse.start_run(sys.argv[1])
+for _ in range(50):
+    lg.log("d", 0.5)
+if sys.argv[2] == "raise":
+    raise RuntimeError("the script died")
+"""
+
+
+@pytest.mark.parametrize(("how", "status", "error"), [
+    ("exit", "finished", None), ("raise", "failed", "RuntimeError")])
+def test_a_run_never_ended_is_ended_at_exit(
+    tmp_path: Path, how: str, status: str, error: str | None
+) -> None:
+    """A script without end_run(): its events are written and run.json says how it ended."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    done = subprocess.run([sys.executable, "-c", _NO_END_RUN, str(tmp_path), how], env=env,
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == (0 if how == "exit" else 1), done.stderr
+    assert (how == "raise") == ("RuntimeError: the script died" in done.stderr)  # still shown
+    manifest = json.loads((tmp_path / "run.json").read_text())
+    assert manifest["status"] == status and manifest.get("error") == error and manifest["end"]
+    assert _values(tmp_path) == [0.5] * 50
+
+
+_FORK_CHILD_EXITS = """
+import json, os, sys, otel_sparse
+from otel_sparse import MicroMetricLogger
+MicroMetricLogger.register_metric("d", float)
+lg = otel_sparse.start_run(sys.argv[1])
+pid = os.fork()
+if pid == 0:
+    sys.exit(0)  # a child leaving normally runs the exit hooks it inherited
+os.waitpid(pid, 0)
+with open(os.path.join(sys.argv[1], "run.json")) as f:
+    print(json.dumps("end" in json.load(f)))
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_child_never_ends_the_parents_run(tmp_path: Path) -> None:
+    """The exit hook ends only runs its own process started."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    done = subprocess.run([sys.executable, "-c", _FORK_CHILD_EXITS, str(tmp_path)], env=env,
+                          capture_output=True, text=True, timeout=120, check=True)
+    assert done.stdout.strip() == "false"
+    assert json.loads((tmp_path / "run.json").read_text())["status"] == "finished"  # the parent's

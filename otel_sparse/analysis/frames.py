@@ -280,11 +280,33 @@ def _sum_buckets(series: pd.Series) -> list[int] | None:
     return np.sum(lists, axis=0).astype(int).tolist() if lists else None
 
 
+def _merge_exponential(summed: pd.DataFrame, groups: Any) -> None:
+    """Delta rows of exponential histograms: raw buckets added at their coarsest scale, and
+    the derived bucket_bounds/bucket_counts rebuilt (their bounds differ row to row)."""
+    from otel_sparse._exponential import flat_buckets, merge_points
+
+    for column in ("bucket_bounds", "bucket_counts", *EXPONENTIAL_COLUMNS):
+        summed[column] = summed[column].astype(object)
+    for key, rows in groups:
+        scale, zero, positive, negative = merge_points([
+            (int(r["scale"]), int(r["zero_count"]), int(r["positive_offset"]),
+             list(r["positive_counts"]), int(r["negative_offset"]),
+             list(r["negative_counts"]))
+            for _, r in rows.iterrows()])
+        bounds, counts = flat_buckets(scale, zero, positive, negative)
+        values = (scale, zero, positive.offset, list(positive.bucket_counts),
+                  negative.offset, list(negative.bucket_counts))
+        for column, value in (("bucket_bounds", bounds), ("bucket_counts", counts),
+                              *zip(EXPONENTIAL_COLUMNS, values)):
+            summed.at[key, column] = value
+
+
 def totals(points: pd.DataFrame) -> pd.DataFrame:
     """One row per series (metric, layer, head, attributes, process) holding its totals.
 
     Cumulative series: their last row. Delta series: their rows summed (min of min, max of
-    max, bucket counts added up).
+    max, bucket counts added up; exponential buckets added at the coarsest scale of the
+    rows).
     """
     import numpy as np
     import pandas as pd
@@ -307,7 +329,12 @@ def totals(points: pd.DataFrame) -> pd.DataFrame:
                           max=("max", "max"), value=("value", "sum"))
         for column in agg.columns:
             summed[column] = agg[column]
-        summed["bucket_counts"] = grouped["bucket_counts"].agg(_sum_buckets)
+        exponential = delta["scale"].notna()
+        summed["bucket_counts"] = delta[~exponential].groupby(
+            keys, dropna=False, sort=False)["bucket_counts"].agg(_sum_buckets)
+        if exponential.any():
+            _merge_exponential(summed, delta[exponential].groupby(keys, dropna=False,
+                                                                  sort=False))
         summed["start_time"] = grouped["start_time"].min()
         parts.append(summed.reset_index())
     out = pd.concat(parts, ignore_index=True) if len(parts) > 1 else last

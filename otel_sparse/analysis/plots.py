@@ -192,12 +192,14 @@ def layer_head_frame(events: pd.DataFrame, metric: str, stat: str = "mean") -> p
 
 def layer_head_panels(
     data: RunData, metric: str, stat: str = "mean",
-    where: Mapping[str, Sequence[str]] | None = None,
+    where: Mapping[str, Sequence[str]] | None = None, by: str | None = None,
 ) -> dict[str, pd.DataFrame]:
     """Run label -> its [layers, heads] DataFrame of ``stat``, all on the same layers and heads.
 
-    Labels come from run.json parameters (``run_labels``); a run without the metric's
-    layer/head breakdown is left out (AnalysisError when none has it).
+    Labels come from run.json parameters (``run_labels``); with ``by`` (a context, metadata or
+    parameter key) each run has one panel per value (``k=8 stage=decode``, or ``stage=decode``
+    for one run). A panel without the metric's layer/head breakdown is left out
+    (AnalysisError when none has it).
     """
     from otel_sparse.analysis.stats import run_labels
 
@@ -206,14 +208,21 @@ def layer_head_panels(
     events = filter_events(data.events, where or {})
     name = resolve_metric(metric, data.events["metric"].tolist())
     labels = run_labels(data)
+    key = None if by is None else check_by(events, [by])[0]
     panels: dict[str, pd.DataFrame] = {}
     errors: list[str] = []
     for run in data.run_ids:
-        rows = events[events["run"] == run]
-        try:
-            panels[labels[run]] = layer_head_frame(rows, name, stat)
-        except AnalysisError as exc:
-            errors.append(str(exc))
+        rows: pd.DataFrame = events.loc[events["run"] == run]
+        groups: list[tuple[str, pd.DataFrame]] = [(labels[run], rows)]
+        if key is not None:
+            prefix = f"{labels[run]} " if len(data.run_ids) > 1 else ""
+            groups = [(f"{prefix}{by}={value}", part)
+                      for value, part in rows.groupby(key, sort=True)]
+        for label, part in groups:
+            try:
+                panels[label] = layer_head_frame(part, name, stat)
+            except AnalysisError as exc:
+                errors.append(str(exc))
     if not panels:
         raise AnalysisError(errors[0] if errors else f"no events of {name!r}")
     layers = sorted({int(x) for f in panels.values() for x in f.index})

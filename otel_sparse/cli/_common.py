@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterator, Sequence
+import sys
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
@@ -28,13 +29,44 @@ EXIT_USAGE = 2
 EXIT_FAILED = 1
 """Exit code for a refused export, or problems found by ``doctor``."""
 
-app = typer.Typer(
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _evaluated(func: _F) -> _F:
+    """``func`` with its string annotations (``from __future__ import annotations``) evaluated,
+    ``Annotated[...]`` kept. typer reads its options off them; on 3.9 it cannot evaluate them
+    itself (no ``inspect.signature(eval_str=True)``), and every option silently became a
+    positional argument there."""
+    # Each text evaluated alone: 3.9's typing.get_type_hints would wrap an annotation whose
+    # default is None in Optional[...], which hides the Annotated[...] from typer.
+    func.__annotations__ = {
+        name: eval(text, func.__globals__) if isinstance(text, str) else text
+        for name, text in func.__annotations__.items()
+    }
+    return func
+
+
+class _Typer(typer.Typer):
+    """``typer.Typer`` whose commands read the same on 3.9 as on 3.10+ (see ``_evaluated``)."""
+
+    if sys.version_info < (3, 10):
+
+        def command(self, *args: Any, **kwargs: Any) -> Callable[[_F], _F]:
+            register = super().command(*args, **kwargs)
+            return lambda func: register(_evaluated(func))
+
+        def callback(self, *args: Any, **kwargs: Any) -> Callable[[_F], _F]:
+            register = super().callback(*args, **kwargs)
+            return lambda func: register(_evaluated(func))
+
+
+app = _Typer(
     name="otel-sparse",
     help="Run, inspect and replay otel_sparse runs (micro_metrics.jsonl, metrics.jsonl, run.json).",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
-    rich_markup_mode="rich",
+    rich_markup_mode=None,
 )
 
 

@@ -150,7 +150,8 @@ def _compare_table(
         cells = [escape(cell(k)) for k in row_key]
         for label in labels:
             try:
-                row = wide.loc[(*row_key, label)]
+                where = (*row_key, label)
+                row = wide.loc[where]
             except KeyError:
                 row = None
             names = ["mean", "p50", "p95"] + (["diff_mean"] if label != first else [])

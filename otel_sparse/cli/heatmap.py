@@ -64,6 +64,9 @@ def heatmap(
         metavar="A B", show_default=False)] = None,
     where: Annotated[Optional[list[str]], typer.Option(
         "--where", "-w", help=WHERE_HELP, show_default=False)] = None,
+    by: Annotated[Optional[str], typer.Option(
+        "--by", help="One panel per value of this key too (stage, a parameter...).",
+        show_default=False)] = None,
     csv: Annotated[Optional[Path], typer.Option(
         help="Also write the layer x head values as CSV (rows: layers, columns: heads; with "
              "several runs a run column first).")]
@@ -93,8 +96,10 @@ def heatmap(
         fail(f"--diff needs two runs, {len(data.runs)} found in {', '.join(map(str, diff))}")
     with analysis_errors():
         name = resolve_metric(metric, data.metrics)
-        panels = layer_head_panels(data, name, stat.value, where=selection)
+        panels = layer_head_panels(data, name, stat.value, where=selection, by=by)
     labels = list(panels)
+    if diff is not None and by is not None:
+        fail("--diff draws one difference: leave out --by")
     if diff is not None:
         if len(panels) != 2:
             fail(f"--diff: only one of the two runs has a layer/head breakdown of {name}")
@@ -104,8 +109,8 @@ def heatmap(
         bar = f"difference of {stat.value}"
     else:
         drawn = panels
-        title = (f"{name} ({stat.value}) - run {data.run_ids[0]}" if len(panels) == 1
-                 else f"{name} ({stat.value}), {len(panels)} runs")
+        title = (f"{name} ({stat.value}) - run {data.run_ids[0]}" if len(data.run_ids) == 1
+                 else f"{name} ({stat.value}), {len(data.run_ids)} runs")
         bar = f"{stat.value} {name}"
         if len(panels) == 1:
             drawn = {"": next(iter(panels.values()))}

@@ -119,5 +119,11 @@ def summary(
         out.print("no events match the selection")
         return
     keys = [k for k in stats.columns if k not in ("run", "metric", *STATS)]
+    if by_run:  # each run's tables titled by its run.json parameters (k=8), not its id
+        from otel_sparse.analysis import run_labels
+
+        order = {run: i for i, run in enumerate(data.run_ids)}  # as named on the command line
+        stats = stats.sort_values("run", key=lambda runs: runs.map(order), kind="stable")
+        stats = stats.assign(run=stats["run"].map(run_labels(data)))
     for table in stats_tables(out, stats, keys, STATS):
         out.print(table)

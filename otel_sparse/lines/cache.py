@@ -16,8 +16,7 @@ out new states, and when one of them reaches its size limit.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from itertools import chain
-from operator import attrgetter
+from operator import attrgetter, eq, itemgetter
 from typing import Any, NamedTuple
 
 import orjson
@@ -25,7 +24,6 @@ import orjson
 from otel_sparse.aggregator import State
 from otel_sparse.event import LogEvent, event_context
 from otel_sparse.lines import accept
-from otel_sparse.lines.accept import METADATA_VALUE_TYPES
 
 MAX_KEY_TEXT = 1024
 """Metadata with a longer key text is never cached (megabyte strings would stay alive)."""
@@ -38,29 +36,31 @@ _DICT_ONLY = frozenset({dict})
 _METRIC = attrgetter("metric")
 _METADATA = attrgetter("metadata")
 _LOCATION = attrgetter("location")
+_REMEMBERED: Any = itemgetter(4)  # KnownLine.metadata, in C
 
 
 class KnownLine(NamedTuple):
     """A remembered line: head and tail around the value, the series state (None: events
-    only), and the least value the line takes (``accept.COUNTER_FLOOR`` or ``ANY_FLOOR``)."""
+    only), the least value the line takes (``accept.COUNTER_FLOOR`` or ``ANY_FLOOR``), and
+    the metadata it was remembered for."""
 
     head: str
     tail: str
     state: State | None
     floor: int
+    metadata: dict[str, Any]
 
 
 def key_texts(metadata: Sequence[Any]) -> list[str] | None:
-    """The key text of each metadata dict, from one orjson call; None if any dict holds a
-    value of another type than ``accept.METADATA_VALUE_TYPES`` or orjson refuses one.
+    """The key text of each metadata dict, from one orjson call; None if one is no dict or
+    orjson refuses a value (subclasses of str/int/float, dates, dataclasses, numpy values).
 
     The list's text is split at the ``},{`` between the dicts; a string holding ``},{``
-    breaks the count, and the batch then has no key texts.
+    breaks the count, and the batch then has no key texts. Two kinds of values orjson
+    writes like plain ones, an Enum (as its value) and a UUID (as its string), share their
+    plain twin's text: ``LineCache.lookup`` tells them apart by equality.
     """
     if not _DICT_ONLY.issuperset(map(type, metadata)):
-        return None
-    values = chain.from_iterable(map(dict.values, metadata))
-    if not METADATA_VALUE_TYPES.issuperset(map(type, values)):
         return None
     try:
         encoded = orjson.dumps(metadata, option=_KEY_OPTIONS)[2:-2].decode()
@@ -118,13 +118,26 @@ class LineCache:
 
     def lookup(self, events: list[LogEvent]) -> list[KnownLine | None]:
         """Each event's remembered line (None where there is none), looked up in C when the
-        batch's metadata all has key texts, else event by event."""
-        texts = key_texts(list(map(_METADATA, events)))
+        batch's metadata all has key texts, else event by event.
+
+        A line is found only for metadata equal to the metadata it was remembered for: equal
+        key texts alone would let ``{"x": Color.RED}`` (an Enum of value 1) find the line of
+        ``{"x": 1}``. Both tests together leave no two metadata that write differently.
+        """
+        metadata = list(map(_METADATA, events))
+        texts = key_texts(metadata)
         if texts is None:
-            return [self._known.get(event_key(ev)) for ev in events]
-        keys = zip(map(_METRIC, events), map(_LOCATION, events), texts,
-                   map(event_context, events))
-        return list(map(self._known.get, keys))
+            found = [self._known.get(event_key(ev)) for ev in events]
+        else:
+            keys = zip(map(_METRIC, events), map(_LOCATION, events), texts,
+                       map(event_context, events))
+            found = list(map(self._known.get, keys))
+            if None not in found:  # the steady batch: its check takes two C-level passes
+                remembered = map(_REMEMBERED, found)
+                if all(map(eq, metadata, remembered)):
+                    return found
+        return [line if line is not None and line.metadata == md else None
+                for line, md in zip(found, metadata)]
 
     def remember(self, key: Any, line: KnownLine) -> None:
         """Remember ``line`` for the events of ``key`` (from ``event_key``)."""

@@ -221,7 +221,7 @@ class CachedLines(PlainLines):
             except (TypeError, ValueError, RecursionError):  # text json.dumps refuses
                 return
             floor = COUNTER_FLOOR if self.series.is_counter(ev.metric, state) else ANY_FLOOR
-            self.cache.remember(key, KnownLine(head, tail, state, floor))
+            self.cache.remember(key, KnownLine(head, tail, state, floor, ev.metadata))
 
 
 def host_copies(events: list[LogEvent], values: list[Any]) -> HostCopies:

@@ -333,6 +333,7 @@ def prometheus_factory(prometheus_bin: Path, tmp_path: Path) -> Iterator[Callabl
         name: str | None = None,
         timeout: float = 60.0,
         native_histograms: bool = False,
+        out_of_order_window: str | None = None,
     ) -> Prometheus:
         label = name or f"prometheus-{len(started)}"
         jobs = (
@@ -355,6 +356,8 @@ def prometheus_factory(prometheus_bin: Path, tmp_path: Path) -> Iterator[Callabl
                 for job, hosts in jobs.items()
             ],
         }
+        if out_of_order_window:
+            config["storage"] = {"tsdb": {"out_of_order_time_window": out_of_order_window}}
         config_path = tmp_path / f"{label}.yml"
         config_path.write_text(yaml.safe_dump(config, sort_keys=False))
         tsdb = tmp_path / f"{label}-tsdb"

@@ -32,7 +32,8 @@ from pathlib import Path
 import pytest
 from _procs import Sample
 from _ranks import METRICS, RankGroup, expected_totals
-from conftest import Collector, Prometheus, Vmagent
+from conftest import REPO_ROOT, Collector, Prometheus, Vmagent
+from dashboards import panel_queries
 
 from otel_sparse._instruments import DEFAULT_FLOAT_BOUNDARIES
 
@@ -85,7 +86,8 @@ class Tier:
 def tier(collector_factory: Callable[..., Collector],
          prometheus_factory: Callable[..., Prometheus],
          vmagent_factory: Callable[..., Vmagent]) -> Tier:
-    prom = prometheus_factory(remote_write_receiver=True, name="prom")
+    prom = prometheus_factory(remote_write_receiver=True, name="prom",
+                              out_of_order_window="10m")
     vmagent = vmagent_factory(prom.remote_write_url, name="vmagent")
     gateway = collector_factory(
         "gateway.yaml", env={"OTEL_SPARSE_REMOTE_WRITE_URL": vmagent.remote_write_url},
@@ -124,21 +126,41 @@ def test_two_runs_exact_rank_independent_series_early_exit(tier: Tier, tmp_path:
             inf = prom.query(f'{PROMS[0]}_bucket{{{run},le="+Inf"}}')
             totals = expected_totals(group.plan(), STEPS, LAYERS, HEADS)
             assert keyed(inf) == cells(totals, 0)
-            # per rank: only the library's counters (liveness, events logged). Checked for the
-            # ranks still running: an exited rank's last per-rank samples are not always
-            # stored on this path (docs/cluster.md); its share of the totals is, above.
+            # per rank: only the library's counters (liveness, events logged), every rank's,
+            # the exited one's too (last_over_time: its series is no longer fresh)
             per_rank = STEPS * LAYERS * HEADS
             want = {(m, str(r)): float(per_rank * len(phases))
-                    for r, phases in group.plan().items() if group.procs[r].running
-                    for m in METRICS}
+                    for r, phases in group.plan().items() for m in METRICS}
             prom.wait_for_query(
-                f"otel_sparse_events_logged_total{{{run}}}",
-                lambda r, w=want: {(s["metric"], s["rank"]): v for s, v in r
-                                   if (s["metric"], s["rank"]) in w} == w,
+                f"last_over_time(otel_sparse_events_logged_total{{{run}}}[1h])",
+                lambda r, w=want: {(s["metric"], s["rank"]): v for s, v in r} == w,
                 timeout=SETTLE_S)
     finally:
         for group in (run_a, run_b):
             group.kill_all()
+
+
+def check_dashboard_means(prom: Prometheus, group: RankGroup) -> None:
+    """The attention dashboard's whole-run mean panels and the recording rules' mean
+    expression give sum/count of the logged values exactly, from the aggregated series."""
+    import json
+
+    import yaml
+
+    dashboard = json.loads((REPO_ROOT / "docker" / "grafana" / "dashboards"
+                            / "otel-sparse-attention.json").read_text())
+    queries = dict(panel_queries(dashboard, {"run_id": group.run_id}))
+    rules = yaml.safe_load((REPO_ROOT / "docker" / "prometheus" / "rules"
+                            / "recording.yml").read_text())
+    recorded = {r["record"]: r["expr"] for g in rules["groups"] for r in g["rules"]}
+    for metric, title in ((0, "Mean attention density, layer \u00d7 head (whole run)"),
+                          (1, "Mean attention output error, layer \u00d7 head (whole run)")):
+        totals = expected_totals(group.plan(), STEPS, LAYERS, HEADS, metric)
+        want = {(str(layer), str(head)): s / c for (layer, head), (c, s) in totals.items()}
+        assert keyed(prom.query(queries[title])) == want, title
+        rule = recorded[f"sparse_attention:{METRICS[metric]}:mean_by_layer_head"]
+        got = [(lb, v) for lb, v in prom.query(rule) if lb.get("run_id") == group.run_id]
+        assert keyed(got) == want, rule
 
 
 def test_aggregator_and_gateway_restarts(tier: Tier, tmp_path: Path) -> None:
@@ -210,7 +232,8 @@ def test_delayed_duplicated_exports_and_signed_sums(
     goes down (negative values) stays per rank when listed and sums exactly at query time."""
     from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
 
-    prom = prometheus_factory(remote_write_receiver=True, name="prom")
+    prom = prometheus_factory(remote_write_receiver=True, name="prom",
+                              out_of_order_window="10m")
     vmagent = vmagent_factory(prom.remote_write_url, name="vmagent",
                               env={"OTEL_SPARSE_AGGR_SIGNED_SUMS":
                                    "sparse_attention_signed_error_sum"})
@@ -271,7 +294,8 @@ def test_raw_per_rank_series_opt_in(
     """keep_input: the aggregated series and the raw per-rank ones, both (debugging)."""
     from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
 
-    prom = prometheus_factory(remote_write_receiver=True, name="prom")
+    prom = prometheus_factory(remote_write_receiver=True, name="prom",
+                              out_of_order_window="10m")
     vmagent = vmagent_factory(prom.remote_write_url, name="vmagent", keep_input=True)
     gateway = collector_factory(
         "gateway.yaml", env={"OTEL_SPARSE_REMOTE_WRITE_URL": vmagent.remote_write_url})
