@@ -135,8 +135,8 @@ class TestSharedFile:
             MicroMetricLogger.register_metric("research_attention_density", float)
             logger = MicroMetricLogger(log_path=sys.argv[1], enabled_metrics="all",
                                        exporters=["jsonl"], flush_every=64)
-            pad = "y" * 20000
-            for i in range(3000):
+            pad = "y" * 4000
+            for i in range(2000):
                 logger.log("research_attention_density", 0.5,
                            {"layer_idx": i % 4, "worker": sys.argv[2], "i": i, "pad": pad})
             logger.close()
@@ -159,7 +159,7 @@ class TestSharedFile:
             "micro_metrics.jsonl"]
         rows = _lines(tmp_path / "micro_metrics.jsonl")
         seen = sorted((r["metadata"]["worker"], r["metadata"]["i"]) for r in rows)
-        assert seen == [(str(w), i) for w in range(4) for i in range(3000)]
+        assert seen == [(str(w), i) for w in range(4) for i in range(2000)]
 
 
 class TestTornTailOfAnyLength:
