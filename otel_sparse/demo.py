@@ -302,10 +302,11 @@ def run_demo(
     try:
         for step in range(cfg.steps):
             density, error = loop.step()
-            for layer in range(cfg.layers):
-                # a [heads] tensor per layer, as attention code logs it: no .item() here
-                logger.log(DENSITY, density[layer], metadata={"layer_idx": layer})
-                logger.log(OUTPUT_ERROR, error[layer], metadata={"layer_idx": layer})
+            with logger.step(step):  # every event carries its step: `otel-sparse plot` x axis
+                for layer in range(cfg.layers):
+                    # a [heads] tensor per layer, as attention code logs it: no .item() here
+                    logger.log(DENSITY, density[layer], metadata={"layer_idx": layer})
+                    logger.log(OUTPUT_ERROR, error[layer], metadata={"layer_idx": layer})
             history[DENSITY].append(density)
             history[OUTPUT_ERROR].append(error)
             if on_step is not None:

@@ -42,6 +42,7 @@ from otel_sparse._instruments import (
     MetricSpec,
     make_spec,
 )
+from otel_sparse._safety import printable
 from otel_sparse._values import Refusal, capture, captures_by_type, take_metadata
 from otel_sparse.config import Settings
 from otel_sparse.event import EventContext, LogEvent
@@ -270,7 +271,7 @@ class MicroMetricLogger(metaclass=_SingletonMeta):
         spec = make_spec(identifier, dtype, kind=kind, unit=unit, description=description,
                          boundaries=boundaries, attributes=attributes, histogram=histogram)
         if identifier in cls._registered_metrics:
-            print(f"Warning: Metric '{identifier}' is being re-registered")
+            print(f"Warning: Metric '{printable(str(identifier))}' is being re-registered")
         cls._registered_metrics[identifier] = dtype
         cls._metric_specs[identifier] = spec
         instance = cls._instance
@@ -520,13 +521,14 @@ class MicroMetricLogger(metaclass=_SingletonMeta):
             mine[1]()
 
     def _not_logged(self, identifier: Any) -> None:
+        shown = printable(str(identifier))  # one stdout line, whatever the identifier holds
         if self._log_path is None:
             key = ("no_path", identifier)
-            message = (f"Warning: Cannot log metric '{identifier}' - log_path not defined. "
+            message = (f"Warning: Cannot log metric '{shown}' - log_path not defined. "
                        "Use configure_logging() first.")
         else:
             key = ("disabled", identifier)
-            message = f"Warning: Attempting to log metric '{identifier}' which is not enabled"
+            message = f"Warning: Attempting to log metric '{shown}' which is not enabled"
         if not hashable(identifier):
             key = (key[0], repr(identifier))
         if key not in self._warned:  # once per id per logger: the old code printed every call

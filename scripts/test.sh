@@ -10,9 +10,14 @@
 #   2. Prometheus 2.42 + promtool from Debian (scripts/install-prometheus.sh).
 #   3. Our collector distribution (scripts/build-collector.sh): ~3-5 min cold, cached by
 #      the manifest's hash + Go and builder versions afterwards.
-#   4. vmagent, the aggregation tier (scripts/build-vmagent.sh): 87 s with the collector's Go
-#      caches warm (+0.3 GB module cache, +0.16 GB build cache), cached afterwards.
-#   5. ruff and mypy, then pytest over tests/ (unit, deploy and integration; nothing skipped
+#   4. vmagent, the aggregation tier (scripts/build-vmagent.sh): 79 s of CPU and 0.5 GB of Go
+#      caches cold, 87 s wall with the collector's Go caches warm; cached afterwards
+#      (docs/cluster.md, "Installing the aggregator").
+#   5. ruff and mypy (both with Python 3.9's rules, the oldest we support).
+#   6. The unit tests on CPython 3.9 and 3.13 (scripts/python-versions.sh: pyenv's
+#      interpreters where present, else Debian bullseye/trixie roots made with debootstrap,
+#      cached in ${OTEL_SPARSE_CACHE:-~/.cache/otel_sparse}).
+#   7. pytest over tests/ on .venv's 3.11 (unit, deploy and integration; nothing skipped
 #      for want of a tool: CUDA tests alone skip, on machines without a GPU).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -44,6 +49,9 @@ echo "vmagent: $VMAGENT_BIN"
 step "ruff + mypy"
 .venv/bin/ruff check otel_sparse tests bench scripts
 .venv/bin/mypy
+
+step "unit tests on CPython 3.9 and 3.13 (scripts/python-versions.sh)"
+bash scripts/python-versions.sh
 
 step "pytest"
 exec .venv/bin/python -m pytest -p no:cacheprovider "$@"

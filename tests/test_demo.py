@@ -248,3 +248,15 @@ def test_cli_demo_tables_readable_at_80_columns(tmp_path: Path, clean: None) -> 
     tables = lines[:lines.index("Next:")]
     assert all(len(line) <= 80 and "…" not in line for line in tables), "\n".join(tables)
     assert any(line.strip() == OUTPUT_ERROR for line in tables)
+
+
+def test_demo_events_carry_their_step(tmp_path: Path, clean: None) -> None:
+    """Each demo event has its step in the context, so plot and tail can show it."""
+    from otel_sparse.analysis import read_run
+
+    result = run_demo(DemoConfig(steps=STEPS, layers=LAYERS, heads=HEADS, seq=32, head_dim=8,
+                                 top_k=4, sink=2, window=4, backend="numpy"),
+                      run_dir=str(tmp_path / "run"), heatmap=False)
+    events = read_run(result.run_dir).events
+    per_step = events.groupby("step").size().to_dict()
+    assert per_step == {s: 2 * LAYERS * HEADS for s in range(STEPS)}
