@@ -85,8 +85,8 @@ def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
     raise typer.Exit(code)
 
 
-def num(value: Any) -> str:
-    """A statistic as shown in tables: 6 significant digits, '-' for missing."""
+def _significant(value: Any, digits: int) -> str:
+    """A statistic with ``digits`` significant digits, '-' for missing (None or NaN)."""
     if value is None:
         return "-"
     try:
@@ -95,33 +95,36 @@ def num(value: Any) -> str:
         return str(value)
     if math.isnan(number):
         return "-"
-    return f"{number:.6g}"
+    return f"{number:.{digits}g}"
+
+
+def num(value: Any) -> str:
+    """A statistic as shown in tables: 6 significant digits, '-' for missing."""
+    return _significant(value, 6)
 
 
 def short(value: Any) -> str:
     """A statistic in a narrow table: 4 significant digits, '-' for missing."""
+    return _significant(value, 4)
+
+
+def _missing(value: Any) -> bool:
+    """None, or what pandas counts as missing (NaN, NaT, pd.NA); a value pandas cannot judge
+    (a list, say) or no pandas at all: not missing."""
     if value is None:
-        return "-"
+        return True
     try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return str(value)
-    if math.isnan(number):
-        return "-"
-    return f"{number:.4g}"
+        import pandas as pd
+
+        return bool(pd.isna(value))
+    except (TypeError, ValueError, ImportError):
+        return False
 
 
 def cell(value: Any) -> str:
     """A grouping value (stage, k, layer) as shown in tables: '-' when missing."""
-    if value is None:
+    if _missing(value):
         return "-"
-    try:
-        import pandas as pd
-
-        if pd.isna(value):
-            return "-"
-    except (TypeError, ValueError, ImportError):
-        pass
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
     return str(value)
@@ -147,15 +150,8 @@ BY_HELP = "One row (or line) per value of this key too: a context, metadata or p
 
 def key_text(value: Any) -> str:
     """A layer/head id as shown in tables: '-' when missing."""
-    if value is None:
+    if _missing(value):
         return "-"
-    try:
-        import pandas as pd
-
-        if pd.isna(value):
-            return "-"
-    except (TypeError, ValueError, ImportError):
-        pass
     return str(int(value))
 
 
