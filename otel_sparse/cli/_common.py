@@ -8,7 +8,7 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, Optional, TypeVar
 
 import typer
 from rich.console import Console
@@ -146,6 +146,15 @@ def flag(name: str, help: str) -> Any:
 WHERE_HELP = ("Only events where KEY=VALUE (a context key such as stage or step, a metadata "
               "key, a run.json parameter). Repeat: the same key means OR, different keys AND.")
 BY_HELP = "One row (or line) per value of this key too: a context, metadata or parameter key."
+
+# Options several commands declare alike. typer copies the annotated OptionInfo for every
+# parameter, so one alias can serve many commands.
+WhereOption = Annotated[Optional[list[str]], typer.Option(
+    "--where", "-w", help=WHERE_HELP, show_default=False)]
+"""``--where KEY=VALUE`` (repeatable); read it with ``parse_where_option``."""
+ByHeadOption = Annotated[bool, flag("--by-head", "One row per head too.")]
+OnlyMetricOption = Annotated[Optional[str], typer.Option(
+    "--metric", "-m", help="Only this metric.")]
 
 
 def key_text(value: Any) -> str:
