@@ -10,6 +10,7 @@ each CUDA call uses, and how a clone made on a side stream is waited for, is _cu
 
 from __future__ import annotations
 
+import numbers
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -199,6 +200,18 @@ def take_metadata(metadata: Any) -> Any:
         if isinstance(value, _NESTED):
             taken[key] = value.copy()
     return taken
+
+
+def real_number(value: Any) -> Any:
+    """A float for any ``numbers.Real`` other than int and float (a ``float`` subclass such as
+    ``class Density(float)``, a Fraction, an IntEnum), bools excepted (not a measurement);
+    anything else unchanged, for the caller to refuse."""
+    if type(value) is not bool and isinstance(value, numbers.Real):
+        try:
+            return float(value)
+        except (TypeError, ValueError, OverflowError):
+            return value
+    return value
 
 
 def cuda_index(tensor: Any) -> int:

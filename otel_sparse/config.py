@@ -14,6 +14,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TypeVar
 
+from otel_sparse._safety import file_name, printable
+
 _logger = logging.getLogger("otel_sparse")
 
 OTEL_SPARSE_NAMESPACE = "OTEL_SPARSE_NAMESPACE"
@@ -291,12 +293,12 @@ def named_run_id(environ: Mapping[str, str] | None = None, warn: bool = True) ->
     global _warned_none_run_id
     found = first_set((OTEL_SPARSE_RUN_ID,), environ)
     if found:
-        return found[1]
+        return _safe_run_id(*found)
     found = first_set((TORCHELASTIC_RUN_ID,), environ)
     if found is None:
         return None
     if found[1] != "none":
-        return found[1]
+        return _safe_run_id(*found)
     if warn and not _warned_none_run_id:
         _warned_none_run_id = True
         _logger.warning(
@@ -305,6 +307,24 @@ def named_run_id(environ: Mapping[str, str] | None = None, warn: bool = True) ->
             "OTEL_SPARSE_RUN_ID (same on every rank) to group this job's ranks."
         )
     return None
+
+
+_warned_unsafe_run_ids: set[str] = set()
+
+
+def _safe_run_id(name: str, value: str) -> str:
+    """A run id names the run's folder: path separators and ``..`` never leave the runs folder.
+
+    The same replacement on every rank (never a generated id), so ranks still share one run.
+    """
+    safe = file_name(value)
+    if safe != value and value not in _warned_unsafe_run_ids:
+        _warned_unsafe_run_ids.add(value)
+        _logger.warning(
+            "otel_sparse: %s=%r holds a path separator, '..' or a control character; a run id "
+            "names a folder inside the runs folder, so using %r", name, printable(value), safe,
+        )
+    return safe
 
 
 def process_rank(environ: Mapping[str, str] | None = None) -> tuple[int, int, int]:

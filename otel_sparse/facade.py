@@ -42,6 +42,7 @@ from otel_sparse._instruments import (
     MetricSpec,
     make_spec,
 )
+from otel_sparse._safety import printable
 from otel_sparse._values import Refusal, capture, captures_by_type, take_metadata
 from otel_sparse.config import Settings
 from otel_sparse.event import EventContext, LogEvent
@@ -199,6 +200,11 @@ class MicroMetricLogger(metaclass=_SingletonMeta):
         else:
             self._lock = _new_lock()
             self._deferred: list[tuple[int, Callable[[], None]]] = []
+            self._held_back: list[deque[LogEvent]] = []
+            """Swapped-out batches whose submit() an exception (Ctrl-C) interrupted: submitted
+            before the next batch. Swap and ``try`` follow each other with no point between
+            where CPython runs a signal handler, so a batch is always queued, held back or
+            submitted."""
             self.log_queue: deque[LogEvent] = _new_queue()
             self._pipeline: Pipeline | None = None
             self._log_path: str | None = None
@@ -265,7 +271,7 @@ class MicroMetricLogger(metaclass=_SingletonMeta):
         spec = make_spec(identifier, dtype, kind=kind, unit=unit, description=description,
                          boundaries=boundaries, attributes=attributes, histogram=histogram)
         if identifier in cls._registered_metrics:
-            print(f"Warning: Metric '{identifier}' is being re-registered")
+            print(f"Warning: Metric '{printable(str(identifier))}' is being re-registered")
         cls._registered_metrics[identifier] = dtype
         cls._metric_specs[identifier] = spec
         instance = cls._instance
@@ -441,23 +447,36 @@ class MicroMetricLogger(metaclass=_SingletonMeta):
 
     def _hand_off(self, queue: deque[LogEvent]) -> None:
         """Give the full queue to the writer: a swap and an append, O(1)."""
-        if self.defer_if_busy(self._hand_off_now):
-            return  # a handler or finaliser inside our section: handed off when it ends
+        if self._lock._is_owned():  # type: ignore[attr-defined]
+            # a handler or finaliser inside our locked section: handed off when it ends (a
+            # hand-off never waits for the writer's lock, so only ours counts here)
+            self._defer(self._hand_off_now)
+            return
         try:
             with self._lock:
                 if self.log_queue is not queue or self._log_path is None:
                     return  # another thread handed it off first, or a reconstruction runs
-                # Submitted before the swap: an exception in between (Ctrl-C raises anywhere)
-                # leaves the batch both submitted and queued, written either way, never lost.
                 pipeline = self._pipeline_or_start()
-                pipeline.submit(queue)
+                if self._held_back:
+                    self._submit_held_back(pipeline)
                 self.log_queue = _new_queue()
+                try:  # no check for signals between the swap and here (see _held_back)
+                    pipeline.submit(queue)
+                except BaseException:
+                    self._held_back.append(queue)
+                    raise
                 self.last_flush_time = time.time()
             if not pipeline.background:  # interpreter exit: no thread would write it
                 pipeline.write_now()
         finally:
             if self._deferred:
                 self._run_deferred()
+
+    def _submit_held_back(self, pipeline: Pipeline) -> None:
+        """Submit, oldest first, the batches an exception kept from their submit()."""
+        while self._held_back:
+            pipeline.submit(self._held_back[0])
+            del self._held_back[0]
 
     def _hand_off_now(self) -> None:
         queue = self.log_queue
@@ -466,24 +485,34 @@ class MicroMetricLogger(metaclass=_SingletonMeta):
 
     def defer_if_busy(self, call: Callable[[], None]) -> bool:
         """Lifecycle protocol: True, and ``call`` runs when the section ends, if this thread is
-        inside this logger's locked section.
+        inside one of this logger's locked sections (its own lock, or its writer's during a
+        synchronous write).
 
         Signal handlers run on the main thread between two bytecodes, and ``__del__`` and
         finalisers on whichever thread the garbage collector interrupts: possibly one holding
         the lock. Waiting for it there would wait forever, so the call is put off until the
         section ends, on the same thread (``_run_deferred`` in a ``finally``).
         """
-        if not self._lock._is_owned():  # type: ignore[attr-defined]
+        if not self._busy_here():
             return False
+        self._defer(call)
+        return True
+
+    def _defer(self, call: Callable[[], None]) -> None:
         entry = (threading.get_ident(), call)
         if entry not in self._deferred:
             self._deferred.append(entry)
-        return True
+
+    def _busy_here(self) -> bool:
+        if self._lock._is_owned():  # type: ignore[attr-defined]
+            return True
+        pipeline = self._pipeline
+        return pipeline is not None and pipeline.busy_here()
 
     def _run_deferred(self) -> None:
         """Run the calls this thread put off while it held the lock (now released)."""
         me = threading.get_ident()
-        while not self._lock._is_owned():  # type: ignore[attr-defined]
+        while not self._busy_here():
             mine = next((entry for entry in self._deferred if entry[0] == me), None)
             if mine is None:
                 return
@@ -492,13 +521,14 @@ class MicroMetricLogger(metaclass=_SingletonMeta):
             mine[1]()
 
     def _not_logged(self, identifier: Any) -> None:
+        shown = printable(str(identifier))  # one stdout line, whatever the identifier holds
         if self._log_path is None:
             key = ("no_path", identifier)
-            message = (f"Warning: Cannot log metric '{identifier}' - log_path not defined. "
+            message = (f"Warning: Cannot log metric '{shown}' - log_path not defined. "
                        "Use configure_logging() first.")
         else:
             key = ("disabled", identifier)
-            message = f"Warning: Attempting to log metric '{identifier}' which is not enabled"
+            message = f"Warning: Attempting to log metric '{shown}' which is not enabled"
         if not hashable(identifier):
             key = (key[0], repr(identifier))
         if key not in self._warned:  # once per id per logger: the old code printed every call
@@ -734,13 +764,18 @@ class MicroMetricLogger(metaclass=_SingletonMeta):
         with self._lock:
             queue = self.log_queue
             pipeline = self._pipeline
-            if queue and self._log_path is not None:
+            if (queue or self._held_back) and self._log_path is not None:
                 # Submitted under the lock, like every swap: batches reach the writer in
                 # the order they were swapped out, so each thread's events stay in order.
-                # Before the swap, as in _hand_off: an exception between the two loses nothing.
                 pipeline = self._pipeline_or_start()
-                pipeline.submit(queue)
+                if self._held_back:
+                    self._submit_held_back(pipeline)
                 self.log_queue = _new_queue()
+                try:  # as in _hand_off: an exception here keeps the batch for the next one
+                    pipeline.submit(queue)
+                except BaseException:
+                    self._held_back.append(queue)
+                    raise
         if pipeline is not None:
             # The writer pops the events from ``queue``: it is empty once this returns.
             pipeline.write_now()
@@ -835,6 +870,8 @@ class MicroMetricLogger(metaclass=_SingletonMeta):
         if self._deferred:
             self._run_deferred()
         with self._lock:
+            if self._held_back and self._pipeline is not None:
+                self._submit_held_back(self._pipeline)
             queue = self.log_queue
             if not queue or (_now() - queue[0].timestamp).total_seconds() < max_age_s:
                 return None
@@ -850,6 +887,7 @@ class MicroMetricLogger(metaclass=_SingletonMeta):
         writes its own events."""
         self._lock = _new_lock()
         self._deferred = []
+        self._held_back = []
         self._rng = random.Random()
         self._drops = DropCounter()
         self._is_fork_child = True

@@ -120,3 +120,7 @@ RESOURCE_COLUMNS: Mapping[str, str] = {
 }
 """Resource attributes promoted to short ``metrics.jsonl`` columns; the rest keep their dotted
 name with dots turned into underscores."""
+
+RESOURCE_PREFIX = "resource_"
+"""Prefix of a resource attribute's column where its name is one of a row's own columns
+(``OTEL_RESOURCE_ATTRIBUTES=type=training`` gives ``resource_type``): a row's own fields win."""

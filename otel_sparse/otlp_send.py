@@ -12,6 +12,7 @@ import urllib.request
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
+from otel_sparse._safety import mask_url
 from otel_sparse.config import OTEL_EXPORTER_OTLP_METRICS_ENDPOINT, otlp_headers, otlp_setting
 
 if TYPE_CHECKING:
@@ -118,7 +119,7 @@ class GrpcSender:
 
         parsed = urllib.parse.urlparse(url)
         if not parsed.hostname:
-            raise SendError(f"cannot read host and port from {url!r}")
+            raise SendError(f"cannot read host and port from {mask_url(url)!r}")
         target = f"{parsed.hostname}:{parsed.port or 4317}"
         if parsed.scheme == "https":
             self.channel = grpc.secure_channel(target, grpc.ssl_channel_credentials())

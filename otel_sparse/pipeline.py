@@ -32,6 +32,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
 from otel_sparse._instruments import InstrumentKind, MetricSpec
+from otel_sparse._safety import mask_text
 from otel_sparse._version import __version__
 from otel_sparse.aggregator import Aggregator
 from otel_sparse.config import Settings
@@ -183,7 +184,7 @@ class ExportWorker:
                 _logger.warning(
                     "otel_sparse: exporter %s failed (%s); retrying every interval, failures "
                     "counted in otel_sparse.export.failures (reported again after recovery)",
-                    self.name, error,
+                    self.name, mask_text(error),
                 )
             self._failing = True
         return ok
@@ -309,6 +310,11 @@ class Pipeline:
         self.series.enable(spec)
         self.lines.forget()
 
+    def busy_here(self) -> bool:
+        """Whether the calling thread is writing (holds the write lock): a signal handler or
+        finaliser that interrupted it must not wait for that lock."""
+        return bool(self._write_lock._is_owned())  # type: ignore[attr-defined]
+
     def write_now(self, batch: deque[LogEvent] | None = None, export: bool = True) -> None:
         """Write every pending batch (and ``batch``) synchronously; then export local files."""
         with self._write_lock:
@@ -387,21 +393,25 @@ class Pipeline:
             return
         out = BatchOut()
         text = self.lines.write(events, out)
-        self.series.apply(out, list(map(_METRIC, events)))
+        self.series.apply(out)
         self._batches_written += 1
-        self._write_text(text, len(events))
+        if self._write_text(text, len(events)):
+            # counted once written: accepted = logged + dropped, even on a full disk
+            self.series.logged.update(map(_METRIC, events))
 
-    def _write_text(self, text: str, count: int) -> None:
+    def _write_text(self, text: str, count: int) -> bool:
+        """Append a batch's lines (all or none); False when the disk refused them (counted)."""
         try:
             self.event_file.write(text)
         except OSError as exc:
             self.drops.add("event_file_error", "*", count,
                            why=f"cannot write {self.event_file.path}: {exc}")
             self._event_file_failing = True
-            return
+            return False
         if self._event_file_failing:
             self._event_file_failing = False
             _logger.warning("otel_sparse: writing %s again", self.event_file.path)
+        return True
 
     def _export(self, wait_local: bool) -> None:
         self._next_export = time.monotonic() + self.settings.export_interval_s

@@ -22,6 +22,7 @@ from importlib import metadata as importlib_metadata
 from types import TracebackType
 from typing import Any
 
+from otel_sparse._safety import mask_text
 from otel_sparse._version import __version__
 from otel_sparse.config import Settings, runs_dir
 from otel_sparse.facade import MicroMetricLogger
@@ -93,7 +94,7 @@ def _update_manifest(
     ranks = manifest.setdefault("ranks", {})
     entry = ranks.setdefault(str(identity.rank), {})
     entry.update(pid=identity.pid, host=identity.host_name, local_rank=identity.local_rank,
-                 argv=sys.argv)
+                 argv=[mask_text(str(arg)) for arg in sys.argv])  # no endpoint credentials
     extra = dict(extra)
     if "end" in extra:  # each rank stamps its own end; the run's end is the latest
         entry["end"] = extra["end"]

@@ -22,6 +22,7 @@ from otel_sparse._instruments import (
     attribute_key,
     instrument_name,
 )
+from otel_sparse._values import real_number
 from otel_sparse.aggregator import Aggregator, State, SumState, add_values
 from otel_sparse.event import LogEvent, event_context
 
@@ -135,6 +136,9 @@ class SeriesBook:
         if state is None:
             return
         tp = type(value)
+        if tp is not float and tp is not int:
+            value = real_number(value)
+            tp = type(value)
         if tp is int:
             try:
                 value = float(value)
@@ -164,14 +168,15 @@ class SeriesBook:
             return
         out.blocks.setdefault((ev.metric, key, array.shape), []).append(array)
 
-    def apply(self, out: BatchOut, metrics: list[str]) -> None:
-        """Fold a batch into the aggregate; a failure is counted, never raised."""
+    def apply(self, out: BatchOut) -> None:
+        """Fold a batch into the aggregate; a failure is counted, never raised.
+
+        ``logged`` is counted by the caller once the batch's lines are written."""
         try:
             add_values(out.states, out.numbers)
         except Exception as exc:  # the lines of the batch are written regardless
             self.drops.add("internal_error", "*", len(out.numbers),
                            why=f"{type(exc).__name__}: {exc}")
-        self.logged.update(metrics)
         for (metric, key, shape), arrays in out.blocks.items():
             try:
                 self._record_block(metric, key, shape, arrays)

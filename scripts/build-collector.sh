@@ -11,7 +11,8 @@
 # clone on the same machine rebuilds nothing it already compiled.
 #
 # Safe to run twice at once: a build holds a per-key flock, compiles into a temp dir beside
-# the cache entry and renames the binary into place, so a reader never sees half a file.
+# the cache entry and renames the binary into place, so a reader never sees half a file
+# (scripts/_cache.sh, shared with scripts/build-vmagent.sh).
 #
 # Measured on the 2-core machine CI uses (Go 1.26.8, ocb v0.145.0, 2026-11-25), with
 # GOMODCACHE=$(mktemp -d) GOCACHE=$(mktemp -d) OTEL_SPARSE_CACHE=$(mktemp -d):
@@ -27,13 +28,9 @@
 #   OTEL_SPARSE_MANIFEST         build another manifest (default collector-config/manifest.yaml)
 set -euo pipefail
 
-exec 3>&1 1>&2 # everything goes to stderr; only the final path goes to fd 3 (stdout)
-
-log() { printf 'build-collector: %s\n' "$*" >&2; }
-die() {
-    log "error: $*"
-    exit 1
-}
+# shellcheck source=scripts/_cache.sh
+source "$(dirname "${BASH_SOURCE[0]}")/_cache.sh"
+cache_init build-collector
 
 script_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 repo_root="$(dirname "$script_dir")"
@@ -54,34 +51,9 @@ key="$({
     printf '%s\n' "$go_version" "$builder_version"
 } | sha256sum | cut -c1-64)"
 
-cache_root="${OTEL_SPARSE_CACHE:-$HOME/.cache/otel_sparse}"
-entry="$cache_root/otelcol/$key"
-binary="$entry/otelcol-sparse"
-
-if [[ -x "$binary" ]]; then
-    printf '%s\n' "$binary" >&3
-    exit 0
-fi
-
-mkdir -p "$entry"
-started=$SECONDS
-
-# One build per key at a time; a second run waits here, then finds the binary.
-if command -v flock >/dev/null 2>&1; then
-    exec 9>"$entry/.lock"
-    log "waiting for the build lock $entry/.lock"
-    flock 9
-    if [[ -x "$binary" ]]; then
-        log "built by a concurrent run"
-        printf '%s\n' "$binary" >&3
-        exit 0
-    fi
-    # Holding the lock, any temp dir left here is from a run that was killed.
-    rm -rf "$entry"/.build.*
-fi
-
-work="$(mktemp -d "$entry/.build.XXXXXX")"
-trap 'rm -rf "$work"' EXIT
+cache_open otelcol "$key" otelcol-sparse
+cache_lock
+cache_workdir
 
 # The builder, cached per version.
 builder_dir="$cache_root/builder/$builder_version"
@@ -112,7 +84,4 @@ log "a cold build (empty Go caches) takes 4-10 minutes on 2 cores"
 [[ -x "$work/dist/otelcol-sparse" ]] || die "the builder produced no $work/dist/otelcol-sparse"
 "$work/dist/otelcol-sparse" --version >&2 || die "the built binary does not run"
 
-mv -f "$work/dist/otelcol-sparse" "$work/otelcol-sparse"
-mv -f "$work/otelcol-sparse" "$binary" # rename(2) within one directory tree: atomic
-log "built $binary in $((SECONDS - started)) s"
-printf '%s\n' "$binary" >&3
+cache_install "$work/dist/otelcol-sparse"

@@ -8,57 +8,30 @@
 # key = sha256(version + `go version` output). The Go module and build caches are the normal
 # ones (GOMODCACHE, GOCACHE), shared with scripts/build-collector.sh.
 #
-# Safe to run twice at once: a per-key flock, a temp GOBIN beside the cache entry and a rename.
+# Safe to run twice at once: a per-key flock, a temp GOBIN beside the cache entry and a rename
+# (scripts/_cache.sh, shared with scripts/build-collector.sh).
 # Cold and warm figures: docs/cluster.md ("Installing the aggregator").
 # Environment:
 #   OTEL_SPARSE_CACHE            cache root (default $HOME/.cache/otel_sparse)
 #   OTEL_SPARSE_VMAGENT_VERSION  the VictoriaMetrics release (default below)
 set -euo pipefail
 
-exec 3>&1 1>&2 # everything goes to stderr; only the final path goes to fd 3 (stdout)
-
-log() { printf 'build-vmagent: %s\n' "$*" >&2; }
-die() {
-    log "error: $*"
-    exit 1
-}
+# shellcheck source=scripts/_cache.sh
+source "$(dirname "${BASH_SOURCE[0]}")/_cache.sh"
+cache_init build-vmagent
 
 version="${OTEL_SPARSE_VMAGENT_VERSION:-v1.151.0}"
 command -v go >/dev/null 2>&1 || die "go is not on PATH"
 go_version="$(go version)"
 key="$(printf '%s\n' "$version" "$go_version" | sha256sum | cut -c1-64)"
 
-cache_root="${OTEL_SPARSE_CACHE:-$HOME/.cache/otel_sparse}"
-entry="$cache_root/vmagent/$key"
-binary="$entry/vmagent"
-
-if [[ -x "$binary" ]]; then
-    printf '%s\n' "$binary" >&3
-    exit 0
-fi
-
-mkdir -p "$entry"
-started=$SECONDS
-if command -v flock >/dev/null 2>&1; then
-    exec 9>"$entry/.lock"
-    log "waiting for the build lock $entry/.lock"
-    flock 9
-    if [[ -x "$binary" ]]; then
-        log "built by a concurrent run"
-        printf '%s\n' "$binary" >&3
-        exit 0
-    fi
-    rm -rf "$entry"/.build.*
-fi
-
-work="$(mktemp -d "$entry/.build.XXXXXX")"
-trap 'rm -rf "$work"' EXIT
+cache_open vmagent "$key" vmagent
+cache_lock
+cache_workdir
 
 log "go install github.com/VictoriaMetrics/VictoriaMetrics/app/vmagent@$version ($go_version)"
 GOBIN="$work" go install "github.com/VictoriaMetrics/VictoriaMetrics/app/vmagent@$version" >&2 ||
     die "go install failed; see the output above (Go module proxy reachable? GOPROXY=$(go env GOPROXY))"
 [[ -x "$work/vmagent" ]] || die "go install produced no $work/vmagent"
 "$work/vmagent" -version >&2 || die "the built binary does not run"
-mv -f "$work/vmagent" "$binary"
-log "built $binary in $((SECONDS - started)) s"
-printf '%s\n' "$binary" >&3
+cache_install "$work/vmagent"

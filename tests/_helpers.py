@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
+
+from otel_sparse import MicroMetricLogger
 
 _T = TypeVar("_T")
 
@@ -16,6 +19,33 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def read_events(run_dir: Path) -> list[dict[str, Any]]:
+    """The events of a run's micro_metrics.jsonl; the file must exist."""
+    return [json.loads(line) for line in (run_dir / "micro_metrics.jsonl").read_text().splitlines()]
+
+
+@contextmanager
+def jsonl_logger(run_dir: Path, *metrics: str,
+                 timers: tuple[str, ...] = ()) -> Iterator[MicroMetricLogger]:
+    """A fresh singleton writing JSONL into ``run_dir``, every metric (float) and timer
+    registered, all enabled; closed and reset afterwards."""
+    MicroMetricLogger._instance = None
+    MicroMetricLogger._initialized = False
+    MicroMetricLogger._registered_metrics.clear()
+    MicroMetricLogger._metric_specs.clear()
+    for timer in timers:
+        MicroMetricLogger.register_timer(timer)
+    for metric in metrics:
+        MicroMetricLogger.register_metric(metric, float)
+    log = MicroMetricLogger(log_path=str(run_dir), enabled_metrics="all", exporters=["jsonl"])
+    try:
+        yield log
+    finally:
+        log.close()
+        MicroMetricLogger._instance = None
+        MicroMetricLogger._initialized = False
 
 
 def latest_points(path: Path, metric: str) -> dict[tuple[Any, Any], dict[str, Any]]:

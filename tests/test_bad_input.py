@@ -802,3 +802,30 @@ class TestCardinality:
         with pytest.raises(KeyError):
             sink.value(DROPPED, metric=DENSITY, reason="cardinality_overflow")
         assert _warnings(caplog, "overflow") == 0
+
+
+class TestRealSubclasses:
+    """A float subclass (or any numbers.Real but bool) is a number."""
+
+    def test_float_subclass_and_fraction_are_recorded(
+        self, fresh_logger: type[MicroMetricLogger], tmp_path: Path
+    ) -> None:
+        """class Density(float) and Fraction values enter the histogram; nothing is dropped."""
+        import fractions
+
+        class Density(float):
+            pass
+
+        sink = InMemoryMetricExporter()
+        fresh_logger.register_metric("research_attention_density", float)
+        logger = fresh_logger(log_path=str(tmp_path), enabled_metrics="all", exporters=[sink])
+        for value in (Density(0.5), Density(0.25), fractions.Fraction(1, 4)):
+            logger.log("research_attention_density", value, {"layer_idx": 0})
+        logger.flush()
+        point = sink.histogram("sparse_attention.research_attention_density")
+        assert (point.count, point.sum) == (3, 1.0)
+        with pytest.raises(KeyError):
+            sink.value("otel_sparse.events.dropped", reason="invalid_value")
+        lines = [json.loads(x) for x in (tmp_path / "micro_metrics.jsonl").read_text().splitlines()]
+        assert [line["value"] for line in lines[:2]] == [0.5, 0.25]
+        logger.close()

@@ -1410,3 +1410,29 @@ class TestBenchmarkParser:
         gc.collect()
         _wait_for_lines(_event_file(tmp_path), 2 * self.LAYERS * self.STEPS)
         assert _benchmark_averages(_event_file(tmp_path)) == expected
+
+
+class TestControlCharactersInWarnings:
+    """A newline or control character in an identifier is escaped in the stdout line."""
+
+    def test_not_enabled_and_no_path_lines_stay_one_line(
+        self, fresh_logger: Logger, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """'a\\nb' prints as a\\\\nb: one line each, the contract's words around it."""
+        logger = fresh_logger()
+        logger.log("ghost\nWarning: forged\x1b[2J", 1.0)
+        logger.configure_logging(str(tmp_path), [])
+        logger.log("other\r\n", 1.0)
+        logger.log("plain-id", 1.0)
+        assert capsys.readouterr().out == (
+            _no_path("ghost\\nWarning: forged\\x1b[2J") + _not_enabled("other\\r\\n")
+            + _not_enabled("plain-id")
+        )
+
+    def test_reregistered_line_is_escaped(
+        self, fresh_logger: Logger, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """The re-registration warning escapes too."""
+        MicroMetricLogger.register_metric("m\nx", float)
+        MicroMetricLogger.register_metric("m\nx", float)
+        assert capsys.readouterr().out == "Warning: Metric 'm\\nx' is being re-registered\n"

@@ -27,6 +27,7 @@ import pytest
 
 from otel_sparse import MicroMetricLogger, _cuda, _values
 from otel_sparse._values import IN_GRAPH_CAPTURE, HostValues
+from tests._helpers import jsonl_logger, read_events
 
 torch = pytest.importorskip("torch")
 
@@ -157,21 +158,8 @@ def fake(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeCuda]:
 
 @pytest.fixture
 def logger(tmp_path: Path) -> Iterator[MicroMetricLogger]:
-    MicroMetricLogger._instance = None
-    MicroMetricLogger._initialized = False
-    MicroMetricLogger._registered_metrics.clear()
-    MicroMetricLogger._metric_specs.clear()
-    MicroMetricLogger.register_timer(TIMER)
-    MicroMetricLogger.register_metric(DENSITY, float)
-    log = MicroMetricLogger(log_path=str(tmp_path), enabled_metrics="all", exporters=["jsonl"])
-    yield log
-    log.close()
-    MicroMetricLogger._instance = None
-    MicroMetricLogger._initialized = False
-
-
-def _events(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in (path / "micro_metrics.jsonl").read_text().splitlines()]
+    with jsonl_logger(tmp_path, DENSITY, timers=(TIMER,)) as log:
+        yield log
 
 
 def _histogram(path: Path, metric: str) -> dict[str, Any]:
@@ -297,7 +285,7 @@ class TestGpuTimerFallback:
         notes = [r for r in caplog.records if "found no CUDA device" in r.getMessage()]
         assert len(notes) == 1
         assert "torch.cuda.is_available() is False" in notes[0].getMessage()
-        values = [e["value"] for e in _events(tmp_path)]
+        values = [e["value"] for e in read_events(tmp_path)]
         assert len(values) == 3 and all(isinstance(v, float) and v > 0 for v in values)
         assert _histogram(tmp_path, TIMER)["count"] == 3
 
@@ -316,7 +304,7 @@ class TestGpuTimerFallback:
         notes = [r.getMessage() for r in caplog.records if "found no CUDA" in r.getMessage()]
         assert len(notes) == 1 and "torch is not installed" in notes[0]
         logger.flush()
-        assert len(_events(tmp_path)) == 2
+        assert len(read_events(tmp_path)) == 2
 
     def test_device_naming_no_gpu(
         self, logger: MicroMetricLogger, tmp_path: Path, caplog: pytest.LogCaptureFixture
@@ -331,14 +319,14 @@ class TestGpuTimerFallback:
                     pass
         assert [r.getMessage().count("'gpu0'") for r in caplog.records] == [1]
         logger.flush()
-        assert all(isinstance(e["value"], float) for e in _events(tmp_path))
+        assert all(isinstance(e["value"], float) for e in read_events(tmp_path))
 
     def test_device_is_no_metadata(self, logger: MicroMetricLogger, tmp_path: Path) -> None:
         """device= is the timer's argument; the other keywords are the metadata."""
         with logger.timer(TIMER, device="cpu", layer=2):
             pass
         logger.flush()
-        assert _events(tmp_path)[0]["metadata"] == {"layer": 2}
+        assert read_events(tmp_path)[0]["metadata"] == {"layer": 2}
 
 
 class TestGpuTimerMechanism:
@@ -357,7 +345,7 @@ class TestGpuTimerMechanism:
         assert all(c[3].enable_timing for c in fake.calls[1:])
         assert fake.touched == {1}
         logger.flush()
-        assert _events(tmp_path)[0]["value"] == 0.0125
+        assert read_events(tmp_path)[0]["value"] == 0.0125
 
     @pytest.mark.parametrize("spec", ["cuda:1", 1, "torch.device('cuda', 1)", "cuda"])
     def test_device_spellings(
@@ -371,7 +359,7 @@ class TestGpuTimerMechanism:
             pass
         assert [c[:3] for c in fake.calls] == [("record", 1, 0), ("record", 1, 0)]
         logger.flush()
-        assert [e["value"] for e in _events(tmp_path)] == [0.0125]
+        assert [e["value"] for e in read_events(tmp_path)] == [0.0125]
 
     def test_resolved_only_after_query_true(
         self, fake: FakeCuda, logger: MicroMetricLogger, tmp_path: Path
@@ -389,7 +377,7 @@ class TestGpuTimerMechanism:
             ("query", False), ("query", False), ("query", False), ("query", True),
             ("elapsed_time", None)]
         assert "synchronize" not in fake.names()
-        assert [e["value"] for e in _events(tmp_path)] == [0.003]
+        assert [e["value"] for e in read_events(tmp_path)] == [0.003]
         row = _histogram(tmp_path, TIMER)
         assert row["count"] == 1 and row["sum"] == 0.003 and row["unit"] == "s"
 
@@ -414,7 +402,7 @@ class TestGpuTimerMechanism:
             end.not_done_polls = 0
             thread.join(10)
             assert flushed.is_set()
-        assert [e["value"] for e in _events(tmp_path)] == [0.0125] * 5
+        assert [e["value"] for e in read_events(tmp_path)] == [0.0125] * 5
 
     def test_capture_refused(
         self, fake: FakeCuda, logger: MicroMetricLogger, tmp_path: Path
@@ -426,7 +414,7 @@ class TestGpuTimerMechanism:
             pass
         assert fake.names() == ["is_capturing"]
         logger.flush()
-        assert not (tmp_path / "micro_metrics.jsonl").exists() or _events(tmp_path) == []
+        assert not (tmp_path / "micro_metrics.jsonl").exists() or read_events(tmp_path) == []
         assert _drops(logger)[("cuda_graph_capture", TIMER)] == 1
 
     def test_cuda_error_counted(
@@ -439,7 +427,7 @@ class TestGpuTimerMechanism:
         with logger.timer(TIMER, device="cuda"):
             pass
         logger.flush()
-        assert [e["value"] for e in _events(tmp_path)] == [None, 0.0125]
+        assert [e["value"] for e in read_events(tmp_path)] == [None, 0.0125]
         assert _drops(logger)[("unreadable_tensor", TIMER)] == 1
 
     def test_device_beyond_count(
@@ -511,7 +499,7 @@ class TestCudaStreams:
                 expected.append([float(k)] * 8)
                 logger.flush()  # the writer reads on its own (default) stream
         torch.cuda.synchronize()
-        assert [e["value"] for e in _events(tmp_path)] == expected
+        assert [e["value"] for e in read_events(tmp_path)] == expected
         assert _drops(logger) == {}
 
 
@@ -534,7 +522,7 @@ class TestCudaTimer:
                 own.append((a, b))
             logger.flush()
         torch.cuda.synchronize()
-        timed = [e["value"] for e in _events(tmp_path)]
+        timed = [e["value"] for e in read_events(tmp_path)]
         reference = [a.elapsed_time(b) / 1000 for a, b in own]
         assert len(timed) == len(reference)
         for got, ref in zip(timed, reference):
@@ -571,7 +559,7 @@ def test_only_cuda1_leaves_cuda0_alone(tmp_path: Path) -> None:
     out = subprocess.run([sys.executable, "-c", _ONLY_CUDA1, str(tmp_path)],
                          capture_output=True, text=True, check=True, timeout=300)
     assert out.stdout.split() == ["False", "True"], out.stderr
-    values = [e["value"] for e in _events(tmp_path) if e["metric"] == "d"]
+    values = [e["value"] for e in read_events(tmp_path) if e["metric"] == "d"]
     assert values[:2] == [[0.0] * 4, [0.0, 1.0, 2.0, 3.0]]
 
 

@@ -1,4 +1,4 @@
-"""Disk faults: a full disk, a read-only folder, a folder deleted mid-run; file modes.
+"""Disk faults: a full disk (a file at RLIMIT_FSIZE), a read-only folder, a folder deleted mid-run; file modes.
 
 Under each fault: one clear warning, nothing raised into the training loop, the refused data
 counted (``otel_sparse.events.dropped{reason="event_file_error"}`` for events,
@@ -8,9 +8,12 @@ still fed, and the files written again once the disk takes them.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import resource
 import shutil
+import signal
 import stat
 import subprocess
 import sys
@@ -26,7 +29,7 @@ from tests._helpers import latest_points, read_jsonl
 
 DENSITY = "research_attention_density"
 NAME = f"sparse_attention.{DENSITY}"
-DEV_FULL = Path("/dev/full")
+FILE_LIMIT = 4 << 20
 EVENT_ERRORS = {"reason": "event_file_error", "metric": "*"}
 SINK = "InMemoryMetricExporter"
 
@@ -54,9 +57,29 @@ def _file_count(path: Path) -> int:
     return int(sum(row["count"] for row in rows.values()))
 
 
-@pytest.mark.skipif(not DEV_FULL.exists(), reason="no /dev/full on this system")
+@contextlib.contextmanager
+def refusing(path: Path) -> Iterator[None]:
+    """``path`` takes no further byte: filled to RLIMIT_FSIZE, every append fails (EFBIG).
+
+    A per-file full disk that needs no root and no /dev/full symlink (log files are never
+    written through links). Removing the file is "space again": a new file starts small.
+    """
+    line = b'{"metric": "filler"}\n'
+    path.write_bytes(line * (FILE_LIMIT // len(line)))
+    with path.open("ab") as f:
+        f.write(b"\n" * (FILE_LIMIT - path.stat().st_size))
+    before = resource.getrlimit(resource.RLIMIT_FSIZE)
+    handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG instead of a kill
+    resource.setrlimit(resource.RLIMIT_FSIZE, (FILE_LIMIT, before[1]))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, before)
+        signal.signal(signal.SIGXFSZ, handler)
+
+
 class TestDiskFull:
-    """/dev/full answers every write with ENOSPC."""
+    """A file the disk takes no more bytes of: every append refused (EFBIG), as when full."""
 
     def test_event_file_on_a_full_disk(
         self, fresh_logger: type[MicroMetricLogger], tmp_path: Path,
@@ -64,8 +87,7 @@ class TestDiskFull:
     ) -> None:
         """Events are counted as dropped and warned once; metrics go on; writing resumes."""
         events = tmp_path / "micro_metrics.jsonl"
-        events.symlink_to(DEV_FULL)
-        with caplog.at_level(logging.WARNING, logger="otel_sparse"):
+        with refusing(events), caplog.at_level(logging.WARNING, logger="otel_sparse"):
             logger, sink = _logger(fresh_logger, tmp_path)
             _log_and_flush(logger)
             _log_and_flush(logger)
@@ -73,7 +95,8 @@ class TestDiskFull:
             assert sink.histogram(NAME).count == 20  # aggregation never needed the file
             assert _file_count(tmp_path / "metrics.jsonl") == 20
             warned = _messages(caplog, "event_file_error")
-            assert len(warned) == 1 and "No space left on device" in warned[0]
+            assert len(warned) == 1 and "File too large" in warned[0]
+            assert events.stat().st_size == FILE_LIMIT  # refused batches cut back, whole
 
             events.unlink()  # space again
             _log_and_flush(logger)
@@ -81,6 +104,7 @@ class TestDiskFull:
             assert len(_messages(caplog, "writing")) == 1
             assert sink.histogram(NAME).count == 30
             assert sink.value("otel_sparse.events.dropped", **EVENT_ERRORS) == 20
+            assert sink.value("otel_sparse.events.logged", metric=DENSITY) == 10
 
     def test_metrics_file_on_a_full_disk(
         self, fresh_logger: type[MicroMetricLogger], tmp_path: Path,
@@ -88,8 +112,7 @@ class TestDiskFull:
     ) -> None:
         """The jsonl exporter fails (counted, warned once); events and other exporters go on."""
         metrics = tmp_path / "metrics.jsonl"
-        metrics.symlink_to(DEV_FULL)
-        with caplog.at_level(logging.WARNING, logger="otel_sparse"):
+        with refusing(metrics), caplog.at_level(logging.WARNING, logger="otel_sparse"):
             logger, sink = _logger(fresh_logger, tmp_path)
             for _ in range(3):
                 _log_and_flush(logger)

@@ -7,8 +7,12 @@ timeout, so a deadlock fails the test instead of hanging the run.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
+import subprocess
+import sys
+import textwrap
 import threading
 import time
 from collections import Counter
@@ -18,6 +22,7 @@ from typing import Any
 import pytest
 
 from otel_sparse import MicroMetricLogger
+from otel_sparse.exporters._files import AppendOnlyFile
 from tests._helpers import latest_points, read_jsonl
 
 torch = pytest.importorskip("torch")
@@ -286,3 +291,63 @@ class TestForkWhileConstructing:
         assert _wait_child(pid) == 0
         files = list((tmp_path / "child").glob("micro_metrics*.jsonl"))
         assert [e["value"] for f in files for e in read_jsonl(f)] == [0.5]
+
+
+FORK_KILL_ROUNDS = 2
+_FORK_WHILE_LOCKED = """
+    import os, signal, sys, threading, time
+    from otel_sparse.exporters._files import AppendOnlyFile
+    f = AppendOnlyFile(sys.argv[1])
+    pad = b"x" * 250_000
+
+    def write_forever():  # 8 MB appends: holds the file lock most of the time
+        while True:
+            f.append_lines([pad] * 32)
+
+    threading.Thread(target=write_forever, daemon=True).start()
+    time.sleep(0.1)
+    pid = os.fork()
+    if pid == 0:  # a long-lived worker that never writes
+        time.sleep(60)
+        os._exit(0)
+    print(pid, flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)  # the parent dies, most likely mid-append
+"""
+
+
+class TestFileLockAcrossFork:
+    """Forked children never keep the event file's lock held for others."""
+
+    @pytest.mark.timeout(200)
+    def test_parent_killed_while_locked_leaves_the_file_writable(self, tmp_path: Path) -> None:
+        """A parent killed mid-append right after forking a long-lived worker: others write.
+
+        Without closing the child's copy of the locked descriptor, the lock outlived the
+        parent until the child exited: the other writer waited in 9 runs of 10 here (two
+        rounds each).
+        """
+        path = tmp_path / "micro_metrics.jsonl"
+        children: list[int] = []
+        try:
+            for _ in range(FORK_KILL_ROUNDS):
+                proc = subprocess.Popen(
+                    [sys.executable, "-c", textwrap.dedent(_FORK_WHILE_LOCKED), str(path)],
+                    stdout=subprocess.PIPE, text=True)
+                assert proc.stdout is not None
+                out = proc.stdout.readline()  # the child keeps the pipe open: no communicate()
+                assert proc.wait(60) == -signal.SIGKILL, out
+                proc.stdout.close()
+                children.append(int(out))
+                wrote = threading.Event()
+
+                def append(done: threading.Event = wrote) -> None:
+                    AppendOnlyFile(str(path)).append_lines([b'{"after": true}'])
+                    done.set()
+
+                threading.Thread(target=append, daemon=True).start()
+                assert wrote.wait(20), "the file lock outlived the killed writer"
+                assert path.read_bytes().endswith(b'{"after": true}\n')
+        finally:
+            for pid in children:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)

@@ -10,7 +10,6 @@ with a reference computed after the run.
 from __future__ import annotations
 
 import importlib.util
-import json
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -21,6 +20,7 @@ import numpy as np
 import pytest
 
 from otel_sparse.facade import MicroMetricLogger
+from tests._helpers import jsonl_logger, read_events
 
 torch = pytest.importorskip("torch")
 
@@ -52,17 +52,8 @@ def tiny() -> Any:
 
 @pytest.fixture
 def logger(tmp_path: Path) -> Iterator[MicroMetricLogger]:
-    MicroMetricLogger._instance = None
-    MicroMetricLogger._initialized = False
-    MicroMetricLogger._registered_metrics.clear()
-    MicroMetricLogger._metric_specs.clear()
-    for metric in (DENSITY, ERROR):
-        MicroMetricLogger.register_metric(metric, float)
-    log = MicroMetricLogger(log_path=str(tmp_path), enabled_metrics="all", exporters=["jsonl"])
-    yield log
-    log.close()
-    MicroMetricLogger._instance = None
-    MicroMetricLogger._initialized = False
+    with jsonl_logger(tmp_path, DENSITY, ERROR) as log:
+        yield log
 
 
 @contextmanager
@@ -73,10 +64,6 @@ def no_sync() -> Iterator[None]:
         yield
     finally:
         torch.cuda.set_sync_debug_mode(0)
-
-
-def events(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in (path / "micro_metrics.jsonl").read_text().splitlines()]
 
 
 def extract(module: Any, inputs: tuple[Any, ...], output: Any) -> dict[str, Any]:
@@ -114,7 +101,7 @@ def reference(tiny_model: Any, tokens: list[Any]) -> list[tuple[int, str, list[f
 
 
 def logged(path: Path) -> list[tuple[int, str, list[float]]]:
-    return [(e["metadata"]["layer_idx"], e["metric"], e["value"]) for e in events(path)]
+    return [(e["metadata"]["layer_idx"], e["metric"], e["value"]) for e in read_events(path)]
 
 
 def assert_same(got: list[tuple[int, str, list[float]]],
@@ -233,7 +220,7 @@ def test_demo_torch_backend_on_cuda(
     finally:
         torch.cuda.set_sync_debug_mode(0)
     assert result.device == "cuda"
-    rows = events(tmp_path)
+    rows = read_events(tmp_path)
     layers = result.config.layers
     assert len(rows) == STEPS * layers * 2
     for metric, values in result.values.items():
@@ -262,5 +249,5 @@ def test_thread_local_capture_while_writer_copies(logger: MicroMetricLogger,
         torch.cuda.synchronize()
         torch.testing.assert_close(y, x @ x)
     logger.flush()
-    values = [e["value"] for e in events(tmp_path)]
+    values = [e["value"] for e in read_events(tmp_path)]
     assert values == [[float(rep)] * 8 for rep in range(5) for _ in range(64)]

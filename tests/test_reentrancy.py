@@ -290,13 +290,14 @@ _SIGTERM_INSIDE_FLUSH = """
     for i in range(40):
         logger.log("research_attention_density", 0.25, {"i": i})
     pipeline = logger._pipeline
-    original = pipeline.submit
-    def submit(batch):  # SIGTERM lands inside flush()'s locked section
+    where = sys.argv[2]  # submit: the logger's locked section; _drain: the synchronous write
+    original = getattr(pipeline, where)
+    def hooked(*args):  # SIGTERM lands inside flush()
         os.kill(os.getpid(), signal.SIGTERM)
         for _ in range(3):
             len(())
-        original(batch)
-    pipeline.submit = submit
+        return original(*args)
+    setattr(pipeline, where, hooked)
     logger.flush()
     print("survived", flush=True)
 """
@@ -350,10 +351,14 @@ class TestSigtermAndExit:
             proc.communicate(timeout=EXIT_LIMIT_S)
         assert [e["metadata"]["i"] for e in _lines(events)] == list(range(236))
 
-    def test_sigterm_inside_flush_closes_when_the_section_ends(self, tmp_path: Path) -> None:
-        """SIGTERM lands inside flush(): the process still dies of SIGTERM, every event
-        written, and no timed-out final flush is reported."""
-        proc = _run(_SIGTERM_INSIDE_FLUSH, str(tmp_path),
+    @pytest.mark.parametrize("where", ["submit", "_drain"])
+    def test_sigterm_inside_flush_closes_when_the_section_ends(
+        self, where: str, tmp_path: Path
+    ) -> None:
+        """SIGTERM lands inside flush() (its locked section, or its synchronous write): the
+        process still dies of SIGTERM, every event written, and no timed-out final flush is
+        reported."""
+        proc = _run(_SIGTERM_INSIDE_FLUSH, str(tmp_path), where,
                     OTEL_SPARSE_WRITE_DELAY="3600", OTEL_SPARSE_SHUTDOWN_TIMEOUT="1000")
         out, err = proc.communicate(timeout=EXIT_LIMIT_S)
         assert proc.returncode == -signal.SIGTERM, (out, err)

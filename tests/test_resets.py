@@ -19,7 +19,6 @@ from pathlib import Path
 import pytest
 
 from otel_sparse import MicroMetricLogger, lifecycle
-from otel_sparse.exporters import _files
 from tests._helpers import read_jsonl
 
 DENSITY = "research_attention_density"
@@ -83,11 +82,6 @@ class TestResetWhileThreadsLog:
         generation before and after the call.
         """
         monkeypatch.setenv("OTEL_SPARSE_WRITE_DELAY", "0.05")
-        # Several loggers (the orphans of each reset) append to one event file here. Until
-        # that file is locked across loggers (issue 11 item 2, tested in its own tests), a
-        # new logger's torn-tail check can cut an orphan's append in flight; this test is
-        # about construction, so it leaves that check out.
-        monkeypatch.setattr(_files, "_repair_torn_tail", lambda fd, path: None, raising=False)
         fresh_logger.register_metric(DENSITY, float)
         path = str(tmp_path)
         fresh_logger(log_path=path, enabled_metrics="all", flush_every=64, exporters=["jsonl"])

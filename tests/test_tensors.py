@@ -13,6 +13,7 @@ import pytest
 
 from otel_sparse import MicroMetricLogger
 from otel_sparse.testing import HostSyncError, forbid_host_reads
+from tests._helpers import jsonl_logger, read_events
 
 torch = pytest.importorskip("torch")
 
@@ -24,20 +25,8 @@ DENSITY = "research_attention_density"
 
 @pytest.fixture
 def logger(tmp_path: Path) -> Iterator[MicroMetricLogger]:
-    MicroMetricLogger._instance = None
-    MicroMetricLogger._initialized = False
-    MicroMetricLogger._registered_metrics.clear()
-    MicroMetricLogger._metric_specs.clear()
-    MicroMetricLogger.register_metric(DENSITY, float)
-    log = MicroMetricLogger(log_path=str(tmp_path), enabled_metrics="all", exporters=["jsonl"])
-    yield log
-    log.close()
-    MicroMetricLogger._instance = None
-    MicroMetricLogger._initialized = False
-
-
-def _events(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in (path / "micro_metrics.jsonl").read_text().splitlines()]
+    with jsonl_logger(tmp_path, DENSITY) as log:
+        yield log
 
 
 def _points(path: Path) -> dict[tuple[Any, Any], dict[str, Any]]:
@@ -107,7 +96,7 @@ class TestTensorValues:
         logger.log(DENSITY, torch.tensor([[0.5, 0.75], [1.0, 0.0]]))
         logger.log(DENSITY, torch.tensor(0.375), {"layer_idx": 2, "head_idx": 1})
         logger.flush()
-        values = [e["value"] for e in _events(tmp_path)]
+        values = [e["value"] for e in read_events(tmp_path)]
         assert values == [[0.125, 0.25], [[0.5, 0.75], [1.0, 0.0]], 0.375]
 
     def test_in_place_edit_after_log_does_not_change_the_logged_value(
@@ -119,7 +108,7 @@ class TestTensorValues:
         buf.fill_(0.875)
         logger.log(DENSITY, buf, {"layer_idx": 0})
         logger.flush()
-        assert [e["value"] for e in _events(tmp_path)] == [[0.25, 0.5], [0.875, 0.875]]
+        assert [e["value"] for e in read_events(tmp_path)] == [[0.25, 0.5], [0.875, 0.875]]
 
     def test_per_head_series_are_exact(self, logger: MicroMetricLogger, tmp_path: Path) -> None:
         """Each element of a [heads] tensor lands in its own (layer, head) histogram."""
@@ -170,7 +159,7 @@ class TestTensorValues:
         assert len(warnings) == 1
         logger.log(DENSITY, 0.5, {"layer_idx": 0})
         logger.flush()
-        assert len(_events(tmp_path)) == 1
+        assert len(read_events(tmp_path)) == 1
 
     def test_tensor_beyond_two_dims_is_refused_without_copy(
         self, logger: MicroMetricLogger, caplog: pytest.LogCaptureFixture
@@ -223,7 +212,7 @@ class TestCuda:
         finally:
             torch.cuda.set_sync_debug_mode(0)
         logger.flush()
-        events = _events(tmp_path)
+        events = read_events(tmp_path)
         assert [e["value"] for e in events][:2] == [[0.0] * 8, (torch.arange(8) / 8).tolist()]
         points = _points(tmp_path)
         assert points[(1, 7)]["sum"] == 0.875
@@ -238,4 +227,4 @@ class TestCuda:
             logger.flush()
         finally:
             torch.cuda.set_sync_debug_mode(0)
-        assert _events(tmp_path)[0]["value"] == [0.5] * 4
+        assert read_events(tmp_path)[0]["value"] == [0.5] * 4

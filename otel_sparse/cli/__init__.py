@@ -11,9 +11,9 @@ pandas and matplotlib are imported only by the commands that need them.
 
 from __future__ import annotations
 
+from otel_sparse._safety import mask_env_value
 from otel_sparse.cli import compare, demo, doctor, heatmap, plot, replay, summary, tail
 from otel_sparse.cli._common import EXIT_FAILED, EXIT_USAGE, app, main
-from otel_sparse.cli.doctor import mask_env_value
 from otel_sparse.otlp_send import parse_headers, resolve_endpoint
 
 __all__ = [

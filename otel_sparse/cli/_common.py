@@ -8,7 +8,7 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, Optional, TypeVar
 
 import typer
 from rich.console import Console
@@ -85,8 +85,8 @@ def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
     raise typer.Exit(code)
 
 
-def num(value: Any) -> str:
-    """A statistic as shown in tables: 6 significant digits, '-' for missing."""
+def _significant(value: Any, digits: int) -> str:
+    """A statistic with ``digits`` significant digits, '-' for missing (None or NaN)."""
     if value is None:
         return "-"
     try:
@@ -95,33 +95,36 @@ def num(value: Any) -> str:
         return str(value)
     if math.isnan(number):
         return "-"
-    return f"{number:.6g}"
+    return f"{number:.{digits}g}"
+
+
+def num(value: Any) -> str:
+    """A statistic as shown in tables: 6 significant digits, '-' for missing."""
+    return _significant(value, 6)
 
 
 def short(value: Any) -> str:
     """A statistic in a narrow table: 4 significant digits, '-' for missing."""
+    return _significant(value, 4)
+
+
+def _missing(value: Any) -> bool:
+    """None, or what pandas counts as missing (NaN, NaT, pd.NA); a value pandas cannot judge
+    (a list, say) or no pandas at all: not missing."""
     if value is None:
-        return "-"
+        return True
     try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return str(value)
-    if math.isnan(number):
-        return "-"
-    return f"{number:.4g}"
+        import pandas as pd
+
+        return bool(pd.isna(value))
+    except (TypeError, ValueError, ImportError):
+        return False
 
 
 def cell(value: Any) -> str:
     """A grouping value (stage, k, layer) as shown in tables: '-' when missing."""
-    if value is None:
+    if _missing(value):
         return "-"
-    try:
-        import pandas as pd
-
-        if pd.isna(value):
-            return "-"
-    except (TypeError, ValueError, ImportError):
-        pass
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
     return str(value)
@@ -144,18 +147,20 @@ WHERE_HELP = ("Only events where KEY=VALUE (a context key such as stage or step,
               "key, a run.json parameter). Repeat: the same key means OR, different keys AND.")
 BY_HELP = "One row (or line) per value of this key too: a context, metadata or parameter key."
 
+# Options several commands declare alike. typer copies the annotated OptionInfo for every
+# parameter, so one alias can serve many commands.
+WhereOption = Annotated[Optional[list[str]], typer.Option(
+    "--where", "-w", help=WHERE_HELP, show_default=False)]
+"""``--where KEY=VALUE`` (repeatable); read it with ``parse_where_option``."""
+ByHeadOption = Annotated[bool, flag("--by-head", "One row per head too.")]
+OnlyMetricOption = Annotated[Optional[str], typer.Option(
+    "--metric", "-m", help="Only this metric.")]
+
 
 def key_text(value: Any) -> str:
     """A layer/head id as shown in tables: '-' when missing."""
-    if value is None:
+    if _missing(value):
         return "-"
-    try:
-        import pandas as pd
-
-        if pd.isna(value):
-            return "-"
-    except (TypeError, ValueError, ImportError):
-        pass
     return str(int(value))
 
 

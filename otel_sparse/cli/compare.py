@@ -12,11 +12,12 @@ import typer
 from rich.markup import escape
 
 from otel_sparse.cli._common import (
-    WHERE_HELP,
+    ByHeadOption,
+    OnlyMetricOption,
+    WhereOption,
     analysis_errors,
     app,
     console,
-    flag,
     load_runs,
     parse_where_option,
 )
@@ -39,11 +40,9 @@ def compare(
     by: Annotated[Optional[str], typer.Option(
         "--by", help="Label runs by this run.json parameter (k, masker...); runs sharing a "
                      "value are pooled.", show_default=False)] = None,
-    by_head: Annotated[bool, flag("--by-head", "One row per head too.")] = False,
-    metric: Annotated[Optional[str], typer.Option("--metric", "-m", help="Only this metric.")]
-    = None,
-    where: Annotated[Optional[list[str]], typer.Option(
-        "--where", "-w", help=WHERE_HELP, show_default=False)] = None,
+    by_head: ByHeadOption = False,
+    metric: OnlyMetricOption = None,
+    where: WhereOption = None,
     output_format: Annotated[CompareFormat, typer.Option(
         "--format", help="table, or csv/json (one row per metric, layer[, head] and run label).")]
     = CompareFormat.table,

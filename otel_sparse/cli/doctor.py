@@ -17,6 +17,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from otel_sparse import config
+from otel_sparse._safety import mask_env_value, mask_text, mask_url
 from otel_sparse._version import __version__
 from otel_sparse.cli._common import (
     EXIT_FAILED,
@@ -25,24 +26,6 @@ from otel_sparse.cli._common import (
 )
 from otel_sparse.layout import EVENT_FILE_NAME
 from otel_sparse.otlp_send import resolve_endpoint
-
-_SECRET_WORDS = ("TOKEN", "SECRET", "PASSWORD", "API_KEY", "APIKEY")
-
-
-def mask_env_value(name: str, value: str) -> str:
-    """An environment value safe to print: header values and secrets become ``***``."""
-    upper = name.upper()
-    if "HEADERS" in upper:
-        pairs = []
-        for pair in value.split(","):
-            if "=" in pair:
-                pairs.append(f"{pair.split('=', 1)[0].strip()}=***")
-            elif pair.strip():
-                pairs.append("***")
-        return ",".join(pairs)
-    if any(word in upper for word in _SECRET_WORDS):
-        return "***"
-    return value
 
 
 def tcp_reachable(url: str, timeout_s: float) -> tuple[bool, str]:
@@ -113,7 +96,7 @@ def diagnose(timeout: float = 1.0) -> Diagnosis:
         identity = ProcessIdentity.current()
     finally:
         lib_logger.removeHandler(captured)
-    problems.extend(captured.messages)
+    problems.extend(mask_text(m) for m in captured.messages)
     rows.append(("version", f"otel_sparse {__version__}, Python {sys.version.split()[0]} "
                             f"({sys.executable})"))
     rows.append(("exporters", f"{', '.join(settings.exporters) or 'none'}  (from "
@@ -156,14 +139,15 @@ def diagnose(timeout: float = 1.0) -> Diagnosis:
     try:
         protocol = resolve_protocol()
     except OtlpConfigError as exc:
-        problems.append(str(exc))
+        problems.append(mask_text(str(exc)))
         protocol = config.DEFAULT_OTLP_PROTOCOL
     try:
         validate_otlp_environment()
     except OtlpConfigError as exc:
-        problems.append(str(exc))
+        problems.append(mask_text(str(exc)))
     url = resolve_endpoint(None, protocol)
     found.otlp_reachable, detail = tcp_reachable(url, timeout)
+    url, detail = mask_url(url), mask_text(detail)  # printed: never the URL's credentials
     verdict = "reachable" if found.otlp_reachable else "unreachable"
     if not found.otlp_reachable and found.otlp_enabled:
         problems.append(f"the otlp exporter is enabled but {url} is unreachable: {detail}")

@@ -10,7 +10,7 @@ import typer
 from rich.markup import escape
 
 from otel_sparse.cli._common import (
-    WHERE_HELP,
+    WhereOption,
     analysis_errors,
     app,
     console,
@@ -62,8 +62,7 @@ def heatmap(
     diff: Annotated[Optional[tuple[Path, Path]], typer.Option(
         "--diff", help="Draw run A minus run B (two run folders) on a scale symmetric around 0.",
         metavar="A B", show_default=False)] = None,
-    where: Annotated[Optional[list[str]], typer.Option(
-        "--where", "-w", help=WHERE_HELP, show_default=False)] = None,
+    where: WhereOption = None,
     by: Annotated[Optional[str], typer.Option(
         "--by", help="One panel per value of this key too (stage, a parameter...).",
         show_default=False)] = None,

@@ -9,7 +9,7 @@ import typer
 from rich.markup import escape
 
 from otel_sparse.cli._common import (
-    WHERE_HELP,
+    WhereOption,
     analysis_errors,
     app,
     console,
@@ -30,8 +30,7 @@ def plot(
     by: Annotated[str, typer.Option(
         "--by", help="One line per: layer, head, run, or a context/metadata key or run.json "
                      "parameter (k).")] = "layer",
-    where: Annotated[Optional[list[str]], typer.Option(
-        "--where", "-w", help=WHERE_HELP, show_default=False)] = None,
+    where: WhereOption = None,
     csv: Annotated[Optional[Path], typer.Option(
         help="Also write the drawn means as CSV (x, line, mean, count).")] = None,
     dpi: Annotated[int, typer.Option(help="Pixels per inch.")] = 100,

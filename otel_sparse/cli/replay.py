@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Annotated, Optional
 import typer
 from rich.markup import escape
 
+from otel_sparse._safety import mask_text, mask_url
 from otel_sparse.analysis import (
     AnalysisError,
 )
@@ -88,7 +89,8 @@ def replay(
         sender = GrpcSender(url, headers, timeout) if resolved == "grpc" \
             else HttpSender(url, headers, timeout)
     except SendError as exc:
-        fail(str(exc))
+        fail(mask_text(str(exc)))
+    shown = mask_url(url)  # printed: never the URL's credentials
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
     err = console(stderr=True)
@@ -99,13 +101,13 @@ def replay(
         with Progress("[progress.description]{task.description}", BarColumn(),
                       MofNCompleteColumn(), TimeElapsedColumn(), console=err,
                       transient=True, disable=not err.is_terminal) as progress:
-            task = progress.add_task(f"replaying to {url}", total=len(requests))
+            task = progress.add_task(f"replaying to {shown}", total=len(requests))
             for i, request in enumerate(requests, 1):
                 try:
                     rejected += sender.send(request)
                 except SendError as exc:
-                    failure = (f"collector at {url} ({resolved}) refused request "
-                               f"{i}/{len(requests)}: {exc}")
+                    failure = (f"collector at {shown} ({resolved}) refused request "
+                               f"{i}/{len(requests)}: {mask_text(str(exc))}")
                     break
                 sent_points += count_data_points(request)
                 progress.update(task, completed=i)
@@ -114,6 +116,6 @@ def replay(
     if failure is not None:
         fail(failure, EXIT_FAILED)
     console().print(f"replayed {len(requests)} request(s), {sent_points} data points, from "
-                     f"{len(files)} file(s) to {escape(url)} ({resolved})", soft_wrap=True)
+                     f"{len(files)} file(s) to {escape(shown)} ({resolved})", soft_wrap=True)
     if rejected:
         fail(f"the collector rejected {rejected} data point(s) (partial success)", EXIT_FAILED)

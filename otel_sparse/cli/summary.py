@@ -16,11 +16,12 @@ from otel_sparse.analysis import (
 )
 from otel_sparse.cli._common import (
     BY_HELP,
-    WHERE_HELP,
+    ByHeadOption,
+    OnlyMetricOption,
+    WhereOption,
     analysis_errors,
     app,
     console,
-    flag,
     load_runs,
     parse_where_option,
 )
@@ -74,11 +75,9 @@ def _manifest_header(data: RunData) -> Table:
 def summary(
     runs: Annotated[list[Path], typer.Argument(
         help="Run folders, or a folder of runs (a table per run).", show_default=False)],
-    by_head: Annotated[bool, flag("--by-head", "One row per head too.")] = False,
-    metric: Annotated[Optional[str], typer.Option("--metric", "-m", help="Only this metric.")]
-    = None,
-    where: Annotated[Optional[list[str]], typer.Option(
-        "--where", "-w", help=WHERE_HELP, show_default=False)] = None,
+    by_head: ByHeadOption = False,
+    metric: OnlyMetricOption = None,
+    where: WhereOption = None,
     by: Annotated[Optional[list[str]], typer.Option(
         "--by", help=BY_HELP + " Repeatable.", show_default=False)] = None,
     output_format: Annotated[OutputFormat, typer.Option(

@@ -20,7 +20,7 @@ from otel_sparse.analysis import (
 )
 from otel_sparse.analysis.follow import record_matches
 from otel_sparse.cli._common import (
-    WHERE_HELP,
+    WhereOption,
     analysis_errors,
     app,
     console,
@@ -76,8 +76,7 @@ def tail(
                               "--once).", show_default=False)] = None,
     metric: Annotated[Optional[str], typer.Option(
         "--metric", "-m", help="Only this metric (follow one metric).")] = None,
-    where: Annotated[Optional[list[str]], typer.Option(
-        "--where", "-w", help=WHERE_HELP, show_default=False)] = None,
+    where: WhereOption = None,
     interval: Annotated[float, typer.Option(help="Seconds between polls.")] = 0.5,
     duration: Annotated[Optional[float], typer.Option(
         help="Stop following after this many seconds (default: until Ctrl-C).")] = None,

@@ -31,13 +31,22 @@ from opentelemetry.sdk.metrics.export import (
 from otel_sparse._exponential import flat_buckets
 from otel_sparse.exporters._files import AppendOnlyFile
 from otel_sparse.exporters.extras import LocalExporter
-from otel_sparse.layout import EXPONENTIAL_COLUMNS, METRICS_FILE_NAME, RESOURCE_COLUMNS
+from otel_sparse.layout import (
+    EXPONENTIAL_COLUMNS,
+    METRICS_COLUMNS,
+    METRICS_FILE_NAME,
+    RESOURCE_COLUMNS,
+    RESOURCE_PREFIX,
+)
 
 _logger = logging.getLogger("otel_sparse")
 
 __all__ = ["METRICS_FILE_NAME", "JsonlMetricExporter", "metrics_rows"]
 
 _warned_types: set[str] = set()
+
+_ROW_FIELDS = frozenset(METRICS_COLUMNS + EXPONENTIAL_COLUMNS)
+"""Every field a row sets itself, whatever the resource says."""
 
 _TEMPORALITY = {
     AggregationTemporality.CUMULATIVE: "cumulative",
@@ -54,7 +63,10 @@ def _resource_columns(attributes: Mapping[str, Any]) -> dict[str, Any]:
     for key, value in attributes.items():
         if key.startswith("telemetry.sdk."):
             continue
-        out[RESOURCE_COLUMNS.get(key) or key.replace(".", "_")] = value
+        column = RESOURCE_COLUMNS.get(key) or key.replace(".", "_")
+        if column in _ROW_FIELDS:
+            column = RESOURCE_PREFIX + column
+        out[column] = value
     return out
 
 

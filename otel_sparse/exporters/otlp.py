@@ -18,6 +18,7 @@ from urllib.parse import unquote, urlparse
 
 from opentelemetry.sdk.metrics.export import MetricExporter, MetricExportResult, MetricsData
 
+from otel_sparse._safety import mask_text, mask_url
 from otel_sparse.config import OTLP_PROTOCOLS, OTLP_SETTINGS, otlp_protocol, otlp_setting
 from otel_sparse.exporters.extras import ExplainsFailure, LocalExporter
 
@@ -49,8 +50,7 @@ def validate_otlp_environment(environ: Mapping[str, str] | None = None) -> None:
     if found:
         name, endpoint = found
         parsed = urlparse(endpoint)
-        if parsed.password:  # credentials in the URL: never echoed
-            endpoint = endpoint.replace(parsed.password, "***")
+        endpoint = mask_url(endpoint)  # credentials in the URL: never echoed
         if parsed.scheme not in ("http", "https") or not parsed.hostname:
             raise OtlpConfigError(
                 f"{name}={endpoint!r}: expected http://host:port or https://host:port"
@@ -192,6 +192,12 @@ def _header_secrets(env: Mapping[str, str]) -> list[str]:
             password = None
         if password:
             secrets.add(password)
+        try:
+            user = urlparse(env.get(name, "")).username
+        except ValueError:
+            user = None
+        if user and len(user) >= 4:  # a token passed as the user name
+            secrets.add(user)
     for name in _ENV_HEADERS:
         for entry in env.get(name, "").split(","):
             _, _, value = entry.partition("=")
@@ -244,6 +250,7 @@ class QuietOtlpExporter(MetricExporter, LocalExporter, ExplainsFailure):
                 self._first = self._redact(record.getMessage())
 
     def _redact(self, text: str) -> str:
+        text = mask_text(text)
         for secret in self._secrets:
             text = text.replace(secret, "***")
         return text if len(text) <= 400 else text[:400] + "..."

@@ -83,3 +83,29 @@ class TestJsonlMetricExporter:
         (row,) = read_jsonl(tmp_path / "metrics.jsonl")[:1]
         assert row["bucket_bounds"] == [0.25, 0.5]
         assert row["bucket_counts"] == [2, 2, 2]
+
+
+class TestResourceColumns:
+    """Resource attributes never overwrite a row's own fields."""
+
+    def test_colliding_resource_attributes_go_under_the_prefix(
+        self, fresh_logger: type[MicroMetricLogger], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        """type/unit/layer/count from OTEL_RESOURCE_ATTRIBUTES land in resource_* columns."""
+        monkeypatch.setenv("OTEL_RESOURCE_ATTRIBUTES",
+                           "type=training,unit=team-a,layer=all,count=7,host.name=node-7")
+        monkeypatch.setenv("OTEL_SPARSE_RUN_ID", "resource-run")
+        _run(fresh_logger, tmp_path)
+        rows = [r for r in read_jsonl(tmp_path / "metrics.jsonl")
+                if r["metric"] == f"sparse_attention.{DENSITY}"]
+        assert rows
+        for row in rows:
+            assert row["type"] == "histogram" and row["unit"] == "1"
+            assert row["layer"] in (0, 1) and isinstance(row["count"], int)
+            assert (row["resource_type"], row["resource_unit"], row["resource_layer"],
+                    row["resource_count"]) == ("training", "team-a", "all", "7")
+            assert row["host_name"] == "node-7"  # the resource attribute still overrides ours
+            assert row["run_id"] == "resource-run" and row["rank"] == 0
+        totals = {(r["layer"], r["head"]): r["count"] for r in rows}
+        assert totals == {(layer, head): 4 for layer in range(2) for head in range(3)}

@@ -91,8 +91,33 @@ AGGREGATION_ENV = {
 """The placeholders of aggregation.yaml, as tests set them (1 s flushes)."""
 
 
+class _Server:
+    """What Collector, Vmagent and Prometheus share: a ManagedProcess that is ready once
+    ``ready_url`` answers 200."""
+
+    process: ManagedProcess
+
+    @property
+    def ready_url(self) -> str:
+        raise NotImplementedError
+
+    def start(self, timeout: float = 30.0) -> None:
+        """Start the process and wait until ``ready_url`` answers 200."""
+        self.process.start()
+        wait_http_ok(self.ready_url, timeout=timeout, proc=self.process)
+
+    def stop(self) -> int | None:
+        """Stop the process (SIGTERM, then SIGKILL); return its exit code."""
+        return self.process.stop()
+
+    def restart(self, timeout: float = 30.0) -> None:
+        """Stop, then start again with the same arguments and environment."""
+        self.stop()
+        self.start(timeout=timeout)
+
+
 @dataclass
-class Vmagent:
+class Vmagent(_Server):
     """A running vmagent that stream-aggregates (aggregation.yaml) into one remote write."""
 
     port: int
@@ -108,19 +133,10 @@ class Vmagent:
         """Where the gateway's prometheusremotewrite sends."""
         return f"{self.url}/api/v1/write"
 
-    def start(self, timeout: float = 30.0) -> None:
-        """Start and wait for /health."""
-        self.process.start()
-        wait_http_ok(f"{self.url}/health", timeout=timeout, proc=self.process)
-
-    def stop(self) -> int | None:
-        """Stop (SIGTERM, then SIGKILL)."""
-        return self.process.stop()
-
-    def restart(self, timeout: float = 30.0) -> None:
-        """Stop, then start with the same flags: the aggregation state is in memory, lost."""
-        self.stop()
-        self.start(timeout=timeout)
+    @property
+    def ready_url(self) -> str:
+        """/health. A restart loses the aggregation state (it is in memory)."""
+        return f"{self.url}/health"
 
 
 @pytest.fixture
@@ -182,7 +198,7 @@ def prometheus_bin() -> Path:
 
 
 @dataclass
-class Collector:
+class Collector(_Server):
     """A running otelcol-sparse with one of our configs, every port a free loopback one."""
 
     config: Path
@@ -215,19 +231,10 @@ class Collector:
         """The health_check extension's URL."""
         return f"http://{LOOPBACK}:{self.ports['health']}/"
 
-    def start(self, timeout: float = 30.0) -> None:
-        """Start the process and wait until health_check answers 200."""
-        self.process.start()
-        wait_http_ok(self.health_url, timeout=timeout, proc=self.process)
-
-    def stop(self) -> int | None:
-        """Stop the process (SIGTERM, then SIGKILL); return its exit code."""
-        return self.process.stop()
-
-    def restart(self, timeout: float = 30.0) -> None:
-        """Stop, then start again with the same config, env and ports."""
-        self.stop()
-        self.start(timeout=timeout)
+    @property
+    def ready_url(self) -> str:
+        """The health_check extension: ready once it answers 200."""
+        return self.health_url
 
 
 @pytest.fixture
@@ -273,7 +280,7 @@ def collector_factory(otelcol_bin: Path, tmp_path: Path) -> Iterator[Callable[..
 
 
 @dataclass
-class Prometheus:
+class Prometheus(_Server):
     """A running Prometheus with its own TSDB under tmp_path."""
 
     port: int
@@ -291,6 +298,11 @@ class Prometheus:
         """Remote-write receiver URL (needs remote_write_receiver=True)."""
         return f"{self.url}/api/v1/write"
 
+    @property
+    def ready_url(self) -> str:
+        """Prometheus' readiness endpoint."""
+        return f"{self.url}/-/ready"
+
     def query(self, promql: str) -> list[Sample]:
         """Instant query; see _procs.query."""
         return query(self.url, promql)
@@ -306,10 +318,6 @@ class Prometheus:
         return wait_for_query(
             self.url, promql, predicate, timeout=timeout, procs=(self.process, *procs)
         )
-
-    def stop(self) -> int | None:
-        """Stop the server."""
-        return self.process.stop()
 
 
 @pytest.fixture
@@ -377,8 +385,7 @@ def prometheus_factory(prometheus_bin: Path, tmp_path: Path) -> Iterator[Callabl
         proc = ManagedProcess(args, tmp_path / f"{label}.log", name=label)
         prom = Prometheus(port=port, config_path=config_path, tsdb=tsdb, process=proc)
         started.append(prom)
-        proc.start()
-        wait_http_ok(f"{prom.url}/-/ready", timeout=timeout, proc=proc)
+        prom.start(timeout=timeout)
         return prom
 
     yield start
