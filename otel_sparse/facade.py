@@ -414,7 +414,9 @@ class MicroMetricLogger(metaclass=_SingletonMeta):
                 return
             queue = self.log_queue
             queue.append(event)
-            if len(queue) >= self._handoff_at:
+            # A queue swapped out between the read and the append may be drained already:
+            # this thread hands it over again, before its next event can be queued.
+            if len(queue) >= self._handoff_at or queue is not self.log_queue:
                 self._hand_off(queue)
         except Exception as exc:  # a metrics library must never raise into a forward pass
             self._internal_error(identifier, exc)
@@ -454,8 +456,12 @@ class MicroMetricLogger(metaclass=_SingletonMeta):
             return
         try:
             with self._lock:
-                if self.log_queue is not queue or self._log_path is None:
-                    return  # another thread handed it off first, or a reconstruction runs
+                if self._log_path is None:
+                    return  # a reconstruction runs: the queue waits for the new path
+                if self.log_queue is not queue:  # another thread swapped it out
+                    if queue:  # and log() appended to it since: submitted again
+                        self._resubmit(queue)
+                    return
                 pipeline = self._pipeline_or_start()
                 if self._held_back:
                     self._submit_held_back(pipeline)
@@ -471,6 +477,21 @@ class MicroMetricLogger(metaclass=_SingletonMeta):
         finally:
             if self._deferred:
                 self._run_deferred()
+
+    def _resubmit(self, queue: deque[LogEvent]) -> None:
+        """Hand over a swapped-out queue a late ``log()`` appended to (under the lock).
+
+        Its first submit() may have been drained already; if it is still pending, submit()
+        does nothing and its drain takes the late event with the rest.
+        """
+        pipeline = self._pipeline_or_start()
+        if self._held_back:
+            self._submit_held_back(pipeline)
+        try:
+            pipeline.submit(queue)
+        except BaseException:
+            self._held_back.append(queue)
+            raise
 
     def _submit_held_back(self, pipeline: Pipeline) -> None:
         """Submit, oldest first, the batches an exception kept from their submit()."""

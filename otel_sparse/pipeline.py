@@ -263,9 +263,11 @@ class Pipeline:
             cache_limit=4 * settings.max_series,
         )
         self._pending: deque[deque[LogEvent]] = deque()
+        self._pending_sizes: dict[int, int] = {}
+        """id() of each pending batch -> the events its submit() counted (and its drain
+        subtracts): a batch is pending at most once."""
         self._pending_events = 0
         self._pending_lock = threading.Lock()
-        self._retired: deque[deque[LogEvent]] = deque(maxlen=8)
         self._batches_written = 0
         self._write_lock = threading.RLock()
         self._stop = threading.Event()
@@ -291,16 +293,27 @@ class Pipeline:
     # -- called from the facade -------------------------------------------------------
 
     def submit(self, batch: deque[LogEvent]) -> None:
-        """Hand a full batch to the writer. O(1); never blocks, never does I/O."""
+        """Hand a full batch to the writer. O(1); never blocks, never does I/O.
+
+        A batch may come again: a ``log()`` that read the queue just before its swap appends
+        after it, and its thread submits it again. Still pending, nothing changes (its drain
+        takes every event in it); drained, its late events wait their turn behind the batches
+        submitted before.
+        """
+        key = id(batch)  # alive while pending: no other batch has its id meanwhile
         with self._pending_lock:
-            if self._pending_events + len(batch) > self.settings.max_pending_events:
-                overflow = True
-            else:
-                overflow = False
-                self._pending_events += len(batch)
+            if key in self._pending_sizes:
+                return
+            count = len(batch)
+            overflow = self._pending_events + count > self.settings.max_pending_events
+            if not overflow:  # queued first: an exception (Ctrl-C) here never loses it
                 self._pending.append(batch)
+                self._pending_sizes[key] = count
+                self._pending_events += count
         if overflow:
-            self.drops.add("queue_overflow", "*", len(batch),
+            # emptied: were it submitted again, only events appended later would go
+            dropped = len(_take_all(batch))
+            self.drops.add("queue_overflow", "*", dropped,
                            why="the writer is behind by more than OTEL_SPARSE_MAX_PENDING_EVENTS")
         else:
             self._wake.set()
@@ -366,19 +379,16 @@ class Pipeline:
     def _drain(self) -> None:
         # Only the batches pending now: threads that keep logging must not keep a flush()
         # or close() draining forever (later batches wait for the next round).
+        # A log() that appends to a batch after this takes it submits the batch again.
         events: list[LogEvent] = []
         for _ in range(len(self._pending)):
             with self._pending_lock:
                 batch = self._pending.popleft()
-                self._pending_events -= len(batch)
-            self._retired.append(batch)
+                self._pending_events -= self._pending_sizes.pop(id(batch), 0)
             events += _take_all(batch)
             if len(events) >= _EVENTS_PER_WRITE:
                 self._write_batch(events)
                 events = []
-        for batch in self._retired:
-            if batch:  # a log() on another thread appended just as the queue was swapped
-                events += _take_all(batch)
         self._write_batch(events)
 
     def _write_batch(self, events: list[LogEvent]) -> None:

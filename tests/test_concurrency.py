@@ -301,7 +301,6 @@ class TestLateAppends:
         monkeypatch.setenv("OTEL_SPARSE_WRITE_DELAY", "60")  # only hand-offs and flush() swap
         return _PausedAppend(monkeypatch)
 
-    @pytest.mark.xfail(strict=True, reason="late appends: only the last 8 drained batches are swept")
     def test_an_append_to_a_batch_drained_long_ago_is_written(
         self, fresh_logger: type[MicroMetricLogger], tmp_path: Path, gate: _PausedAppend
     ) -> None:
@@ -318,7 +317,6 @@ class TestLateAppends:
         assert sorted(_values(tmp_path / "micro_metrics.jsonl")) == [-1, *range(100)]
         assert logger._drops.snapshot() == {}
 
-    @pytest.mark.xfail(strict=True, reason="late appends: only the last 8 drained batches are swept")
     def test_a_late_append_is_written_before_its_threads_next_event(
         self, fresh_logger: type[MicroMetricLogger], tmp_path: Path, gate: _PausedAppend
     ) -> None:
