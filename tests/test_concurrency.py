@@ -12,6 +12,7 @@ import json
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -321,3 +322,47 @@ class TestBackpressure:
         assert sum("reason=queue_overflow" in r.getMessage() for r in caplog.records) == 1
         points = latest_points(tmp_path / "metrics.jsonl", NAME)
         assert points[(0, None)]["count"] == 1100
+
+
+class _PausedAppend(deque):  # type: ignore[type-arg]
+    """A log queue whose first append waits until released: a thread that read
+    ``log_queue`` just before a swap, then lost the processor before its append."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def append(self, event: Any) -> None:
+        if not self.entered.is_set():
+            self.entered.set()
+            assert self.release.wait(30)
+        super().append(event)
+
+
+class TestLateAppend:
+    """A log() that lost the processor between reading the queue and appending to it."""
+
+    @pytest.mark.xfail(strict=True, reason="the writer forgets a queue after 8 newer batches")
+    def test_event_appended_to_a_long_retired_queue_is_written(
+        self, fresh_logger: type[MicroMetricLogger], tmp_path: Path
+    ) -> None:
+        """The paused thread's queue is swapped out, written, and followed by many more
+        batches before its append lands: the event is still written, exactly once."""
+        fresh_logger.register_metric(DENSITY, float)
+        logger = fresh_logger(log_path=str(tmp_path), enabled_metrics="all", flush_every=10**6)
+        logger.log(DENSITY, 0, {"layer_idx": 0})
+        paused = _PausedAppend(logger.log_queue)
+        logger.log_queue = paused
+        late = threading.Thread(target=logger.log, args=(DENSITY, -1, {"layer_idx": 1}))
+        late.start()
+        assert paused.entered.wait(30)
+        for i in range(1, 21):  # the paused queue is handed off, then 20 batches after it
+            logger.flush()
+            logger.log(DENSITY, i, {"layer_idx": 0})
+        paused.release.set()
+        late.join(30)
+        logger.flush()
+        values = _values(tmp_path / "micro_metrics.jsonl")
+        assert sorted(values) == list(range(-1, 21))
+        assert logger.get_total_records_logged() == 22
