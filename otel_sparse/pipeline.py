@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import threading
 import time
 import weakref
@@ -265,7 +266,8 @@ class Pipeline:
         self._pending: deque[deque[LogEvent]] = deque()
         self._pending_events = 0
         self._pending_lock = threading.Lock()
-        self._retired: deque[deque[LogEvent]] = deque(maxlen=8)
+        self._retired: list[deque[LogEvent]] = []
+        """Written batches some thread may still append to (see _late_events)."""
         self._batches_written = 0
         self._write_lock = threading.RLock()
         self._stop = threading.Event()
@@ -376,10 +378,31 @@ class Pipeline:
             if len(events) >= _EVENTS_PER_WRITE:
                 self._write_batch(events)
                 events = []
-        for batch in self._retired:
-            if batch:  # a log() on another thread appended just as the queue was swapped
-                events += _take_all(batch)
+        events += self._late_events()
         self._write_batch(events)
+
+    def _late_events(self) -> list[LogEvent]:
+        """Events appended to batches after they were taken, and forget the batches no
+        thread can still append to.
+
+        ``log()`` reads ``log_queue`` and then appends to it, without a lock: a thread that
+        loses the processor in between appends to a batch already swapped out and written,
+        however many batches later it runs again. While it waits it holds the batch (a local
+        variable), so a retired batch is kept exactly as long as anything but this list
+        refers to it: once nothing does, no thread can append to it again. At most one batch
+        per logging thread is kept; CPython's reference counts are exact (the GIL builds
+        this package supports).
+        """
+        events: list[LogEvent] = []
+        still_held: list[deque[LogEvent]] = []
+        for batch in self._retired:
+            if batch:
+                events += _take_all(batch)
+            # references: the list, this loop's name, getrefcount's argument
+            if sys.getrefcount(batch) > 3:
+                still_held.append(batch)
+        self._retired = still_held
+        return events
 
     def _write_batch(self, events: list[LogEvent]) -> None:
         """Encode and aggregate ``events`` and append their lines to the event file in one

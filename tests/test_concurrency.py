@@ -343,7 +343,6 @@ class _PausedAppend(deque):  # type: ignore[type-arg]
 class TestLateAppend:
     """A log() that lost the processor between reading the queue and appending to it."""
 
-    @pytest.mark.xfail(strict=True, reason="the writer forgets a queue after 8 newer batches")
     def test_event_appended_to_a_long_retired_queue_is_written(
         self, fresh_logger: type[MicroMetricLogger], tmp_path: Path
     ) -> None:
