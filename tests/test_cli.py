@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -590,6 +591,27 @@ class TestWhereBy:
         result = invoke("tail", str(sweep[0]), "--once", "-n", "2", "-m", _sweep.DENSITY)
         lines = result.stdout.strip().splitlines()
         assert len(lines) == 2 and all(_sweep.DENSITY in line for line in lines)
+
+    def test_tail_by_stage_keeps_a_running_mean_per_stage(self, sweep: list[Path]) -> None:
+        """--by on a live stream: each line names its group; the last line of each group
+        carries the mean of every value of that group so far, here the whole run's."""
+        result = invoke("tail", str(sweep[0]), "--once", "-m", _sweep.ERROR, "--by", "stage")
+        assert result.exit_code == 0, result.output
+        last: dict[str, str] = {}
+        for line in result.stdout.strip().splitlines():
+            stage = re.match(r"\[stage=(\w+)\]", line)
+            assert stage is not None, line
+            last[stage.group(1)] = line
+        assert set(last) == set(_sweep.STAGES)
+        for stage, line in last.items():
+            found = re.search(rf"mean\(stage={stage}\)=(\S+) of (\d+)$", line)
+            assert found is not None, line
+            values = _sweep.values(_sweep.error, 8, stages=(stage,))
+            assert float(found.group(1)) == pytest.approx(values.mean(), rel=1e-5)
+            assert int(found.group(2)) == values.size
+        result = invoke("tail", str(sweep[0]), "--once", "-n", "3", "--by", "phase")
+        assert result.exit_code == 0, result.output
+        assert "--by phase: no event shown so far has this key" in result.stderr
 
     def test_heatmap_where(self, sweep: list[Path], tmp_path: Path) -> None:
         csv = tmp_path / "decode.csv"

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from otel_sparse import MicroMetricLogger, facade
+from otel_sparse import MicroMetricLogger
 from otel_sparse.testing import InMemoryMetricExporter
 from tests._helpers import latest_points, read_jsonl
 
@@ -262,85 +262,6 @@ class TestSmallerRaces:
         assert after >= logger.get_total_records_logged()
 
 
-class _PausedAppend:
-    """The logger's queues stop one thread's first ``append()`` before the event goes in,
-    until released: that thread has read ``log_queue`` and not yet appended to it, the window
-    in which another thread may swap the queue out and the writer drain it."""
-
-    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        self.reached = threading.Event()
-        self.release = threading.Event()
-        self.thread: threading.Thread | None = None
-        gate = self
-
-        class Gated(deque):  # type: ignore[type-arg]
-            def append(self, event: Any) -> None:
-                if threading.current_thread() is gate.thread and not gate.release.is_set():
-                    gate.reached.set()
-                    gate.release.wait(60)  # never a hang: the test fails on its counts
-                super().append(event)
-
-        monkeypatch.setattr(facade, "_new_queue", lambda: Gated(maxlen=facade.QUEUE_MAXLEN))
-
-    def start(self, target: Callable[[], None]) -> threading.Thread:
-        """Run ``target`` on a thread of its own; return once its first append is paused."""
-        self.thread = threading.Thread(target=target, name="late")
-        self.thread.start()
-        assert self.reached.wait(30), "the thread never appended"
-        return self.thread
-
-
-@pytest.mark.timeout(120)
-class TestLateAppends:
-    """A thread that read ``log_queue`` just before another swapped it out appends to the
-    swapped-out batch, possibly after the writer drained it: its event is still written,
-    once, in its thread's order (seen with 8 threads under load: one event in ~15 runs)."""
-
-    @pytest.fixture
-    def gate(self, monkeypatch: pytest.MonkeyPatch) -> _PausedAppend:
-        monkeypatch.setenv("OTEL_SPARSE_WRITE_DELAY", "60")  # only hand-offs and flush() swap
-        return _PausedAppend(monkeypatch)
-
-    def test_an_append_to_a_batch_drained_long_ago_is_written(
-        self, fresh_logger: type[MicroMetricLogger], tmp_path: Path, gate: _PausedAppend
-    ) -> None:
-        """Ten batches are written after the one the paused thread holds; then it appends."""
-        fresh_logger.register_metric(DENSITY, float)
-        logger = fresh_logger(log_path=str(tmp_path), enabled_metrics="all", flush_every=10)
-        late = gate.start(lambda: logger.log(DENSITY, -1, {"layer_idx": 1}))
-        for i in range(100):  # ten hand-offs: the first swaps out the paused thread's batch
-            logger.log(DENSITY, i, {"layer_idx": 0})
-        logger.flush()
-        gate.release.set()
-        late.join(30)
-        logger.flush()
-        assert sorted(_values(tmp_path / "micro_metrics.jsonl")) == [-1, *range(100)]
-        assert logger._drops.snapshot() == {}
-
-    def test_a_late_append_is_written_before_its_threads_next_event(
-        self, fresh_logger: type[MicroMetricLogger], tmp_path: Path, gate: _PausedAppend
-    ) -> None:
-        """The paused thread's event lands in a drained batch, its next one in the new queue:
-        the file has them in the order the thread logged them."""
-        fresh_logger.register_metric(DENSITY, float)
-        logger = fresh_logger(log_path=str(tmp_path), enabled_metrics="all", flush_every=10)
-
-        def late_body() -> None:
-            logger.log(DENSITY, 1000, {"layer_idx": 1})
-            logger.log(DENSITY, 1001, {"layer_idx": 1})
-
-        late = gate.start(late_body)
-        for i in range(10):  # one hand-off: the paused thread's batch, drained by the flush
-            logger.log(DENSITY, i, {"layer_idx": 0})
-        logger.flush()
-        gate.release.set()
-        late.join(30)
-        logger.flush()
-        values = _values(tmp_path / "micro_metrics.jsonl")
-        assert sorted(values) == [*range(10), 1000, 1001]
-        assert [v for v in values if v >= 1000] == [1000, 1001]
-
-
 class _StalledWrites:
     """Makes a pipeline's event-file writes wait until released (a stuck disk, say)."""
 
@@ -401,3 +322,70 @@ class TestBackpressure:
         assert sum("reason=queue_overflow" in r.getMessage() for r in caplog.records) == 1
         points = latest_points(tmp_path / "metrics.jsonl", NAME)
         assert points[(0, None)]["count"] == 1100
+
+
+class _PausedAppend(deque):  # type: ignore[type-arg]
+    """A log queue whose first append waits until released: a thread that read
+    ``log_queue`` just before a swap, then lost the processor before its append."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def append(self, event: Any) -> None:
+        if not self.entered.is_set():
+            self.entered.set()
+            assert self.release.wait(30)
+        super().append(event)
+
+
+class TestLateAppend:
+    """A log() that lost the processor between reading the queue and appending to it."""
+
+    def test_event_appended_to_a_long_retired_queue_is_written(
+        self, fresh_logger: type[MicroMetricLogger], tmp_path: Path
+    ) -> None:
+        """The paused thread's queue is swapped out, written, and followed by many more
+        batches before its append lands: the event is still written, exactly once."""
+        fresh_logger.register_metric(DENSITY, float)
+        logger = fresh_logger(log_path=str(tmp_path), enabled_metrics="all", flush_every=10**6)
+        logger.log(DENSITY, 0, {"layer_idx": 0})
+        paused = _PausedAppend(logger.log_queue)
+        logger.log_queue = paused
+        late = threading.Thread(target=logger.log, args=(DENSITY, -1, {"layer_idx": 1}))
+        late.start()
+        assert paused.entered.wait(30)
+        for i in range(1, 21):  # the paused queue is handed off, then 20 batches after it
+            logger.flush()
+            logger.log(DENSITY, i, {"layer_idx": 0})
+        paused.release.set()
+        late.join(30)
+        logger.flush()
+        values = _values(tmp_path / "micro_metrics.jsonl")
+        assert sorted(values) == list(range(-1, 21))
+        assert logger.get_total_records_logged() == 22
+
+    def test_late_event_keeps_its_place_before_the_threads_next_event(
+        self, fresh_logger: type[MicroMetricLogger], tmp_path: Path
+    ) -> None:
+        """The paused thread's event lands in a batch already written, its next one in the
+        new queue: the file has them in the order the thread logged them."""
+        fresh_logger.register_metric(DENSITY, float)
+        logger = fresh_logger(log_path=str(tmp_path), enabled_metrics="all", flush_every=10**6)
+        logger.log(DENSITY, 0, {"layer_idx": 0})  # something to flush
+        paused = _PausedAppend(logger.log_queue)
+        logger.log_queue = paused
+
+        def late_body() -> None:
+            logger.log(DENSITY, 1000, {"layer_idx": 1})
+            logger.log(DENSITY, 1001, {"layer_idx": 1})
+
+        late = threading.Thread(target=late_body)
+        late.start()
+        assert paused.entered.wait(30)
+        logger.flush()  # the paused queue is handed off and written
+        paused.release.set()
+        late.join(30)
+        logger.flush()
+        assert _values(tmp_path / "micro_metrics.jsonl") == [0, 1000, 1001]

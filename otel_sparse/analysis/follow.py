@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -115,3 +116,52 @@ def record_matches(record: Mapping[str, Any], where: Mapping[str, Sequence[str]]
                 continue
         return False
     return True
+
+
+class RunningMeans:
+    """Count and mean of the values followed so far, per metric and group: ``tail --by``.
+
+    Watching a live run, the question is how the groups (stage=prefill vs decode, k=8 vs 32)
+    differ now, not one event's value: each record updates its group's running mean.
+
+    Example:
+        >>> means = RunningMeans(["stage"])
+        >>> means.add({"metric": "m", "value": [1.0, 3.0], "context": {"stage": "decode"}})
+        ('stage=decode', 2, 2.0)
+    """
+
+    def __init__(self, by: Sequence[str]) -> None:
+        self.by = list(by)
+        self._cells: dict[tuple[str, str], list[float]] = {}  # (metric, group): [count, sum]
+        self.keys_seen: set[str] = set()
+
+    def group(self, record: Mapping[str, Any]) -> str:
+        """The record's group label, ``key=value`` for each key (``key=-`` where it has none)."""
+        parts = []
+        for key in self.by:
+            value = record_value(record, key)
+            if value is not None:
+                self.keys_seen.add(key)
+            parts.append(f"{key}={'-' if value is None else value}")
+        return " ".join(parts)
+
+    def add(self, record: Mapping[str, Any]) -> tuple[str, int, float]:
+        """Fold one record in; its group label, the group's value count and running mean."""
+        label = self.group(record)
+        values = finite_values(record.get("value"))
+        cell = self._cells.setdefault((str(record.get("metric")), label), [0, 0.0])
+        cell[0] += len(values)
+        cell[1] += math.fsum(values)
+        count = int(cell[0])
+        return label, count, cell[1] / count if count else math.nan
+
+
+def finite_values(value: Any) -> list[float]:
+    """The finite numbers of an event's value: a scalar, a [heads] list or nested lists."""
+    if isinstance(value, bool):
+        return []
+    if isinstance(value, (int, float)):
+        return [float(value)] if math.isfinite(value) else []
+    if isinstance(value, list):
+        return [x for item in value for x in finite_values(item)]
+    return []

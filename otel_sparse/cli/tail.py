@@ -18,7 +18,7 @@ from otel_sparse.analysis import (
     find_runs,
     latest_run,
 )
-from otel_sparse.analysis.follow import record_matches
+from otel_sparse.analysis.follow import RunningMeans, record_matches
 from otel_sparse.cli._common import (
     WhereOption,
     analysis_errors,
@@ -77,6 +77,10 @@ def tail(
     metric: Annotated[Optional[str], typer.Option(
         "--metric", "-m", help="Only this metric (follow one metric).")] = None,
     where: WhereOption = None,
+    by: Annotated[Optional[list[str]], typer.Option(
+        "--by", help="Group by a context key, metadata key or record field (repeatable): "
+                     "each line starts with its group and ends with that group's running "
+                     "mean of the metric so far.", show_default=False)] = None,
     interval: Annotated[float, typer.Option(help="Seconds between polls.")] = 0.5,
     duration: Annotated[Optional[float], typer.Option(
         help="Stop following after this many seconds (default: until Ctrl-C).")] = None,
@@ -103,15 +107,30 @@ def tail(
             return False
         return record_matches(record, selection)
 
+    means = RunningMeans(by) if by else None
     follower = EventFollower(chosen.path, last=lines if lines is not None else
                              (None if once else 20), accept=accept)
 
     def emit() -> int:
         shown = 0
         for data_file, record in follower.poll():
-            typer.echo(_format_event(data_file, record))
+            line = _format_event(data_file, record)
+            if means is not None:
+                label, count, mean = means.add(record)
+                line = f"[{label}]  {line}  mean({label})={num(mean)} of {count}"
+            typer.echo(line)
             shown += 1
         return shown
+
+    def check_by_keys(shown: int) -> None:
+        # A live stream cannot list its keys up front: once events were shown, a key none
+        # of them had is a typo more likely than a group still to come.
+        if means is not None and shown:
+            missing = [key for key in means.by if key not in means.keys_seen]
+            if missing:
+                console(stderr=True).print(
+                    f"note: --by {', '.join(map(escape, missing))}: no event shown so far has "
+                    "this key", soft_wrap=True)
 
     if once:
         from otel_sparse.analysis import resolve_metric
@@ -123,12 +142,12 @@ def tail(
         if metric is not None:
             with analysis_errors():
                 wanted = resolve_metric(metric, seen)
-        emit()
+        check_by_keys(emit())
         return
     interval = max(interval, 0.05)
     deadline = None if duration is None else time.monotonic() + duration
     try:
-        emit()
+        check_by_keys(emit())
         while deadline is None or time.monotonic() < deadline:
             time.sleep(interval if deadline is None else
                        max(0.0, min(interval, deadline - time.monotonic())))
