@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -82,3 +83,15 @@ def cli_runner() -> Any:
     if "mix_stderr" in inspect.signature(CliRunner).parameters:
         return CliRunner(mix_stderr=False)
     return CliRunner()
+
+
+@contextmanager
+def thread_switch_interval(seconds: float) -> Iterator[None]:
+    """Threads switch every ``seconds`` inside the block (CPython's default is 5 ms): race
+    windows a thread switch must fall into show up in a bounded run."""
+    before = sys.getswitchinterval()
+    sys.setswitchinterval(seconds)
+    try:
+        yield
+    finally:
+        sys.setswitchinterval(before)

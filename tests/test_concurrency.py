@@ -9,7 +9,6 @@ interpreter switching threads every 10 µs instead of every 5 ms to widen each r
 from __future__ import annotations
 
 import json
-import sys
 import threading
 import time
 from collections import deque
@@ -21,7 +20,7 @@ import pytest
 
 from otel_sparse import MicroMetricLogger
 from otel_sparse.testing import InMemoryMetricExporter
-from tests._helpers import latest_points, read_jsonl
+from tests._helpers import latest_points, read_jsonl, thread_switch_interval
 
 DENSITY = "research_attention_density"
 NAME = f"sparse_attention.{DENSITY}"
@@ -33,12 +32,8 @@ HEADS = 4
 @pytest.fixture
 def tight_switching() -> Iterator[None]:
     """Threads switch every 10 µs (default 5 ms), so races show up in a short run."""
-    before = sys.getswitchinterval()
-    sys.setswitchinterval(1e-5)
-    try:
+    with thread_switch_interval(1e-5):
         yield
-    finally:
-        sys.setswitchinterval(before)
 
 
 def _run_threads(body: Callable[[int], None], n: int = THREADS, timeout: float = 300) -> None:

@@ -10,7 +10,6 @@ asserted: only that nothing raises and nothing accepted goes missing.
 from __future__ import annotations
 
 import gc
-import sys
 import threading
 from collections import Counter
 from collections.abc import Iterator
@@ -19,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from otel_sparse import MicroMetricLogger, lifecycle
-from tests._helpers import read_jsonl
+from tests._helpers import read_jsonl, thread_switch_interval
 
 DENSITY = "research_attention_density"
 THREADS = 4
@@ -29,12 +28,8 @@ RESETS = 15
 @pytest.fixture
 def tight_switching() -> Iterator[None]:
     """Switch threads every 20 µs instead of 5 ms: races show up in a bounded run."""
-    before = sys.getswitchinterval()
-    sys.setswitchinterval(2e-5)
-    try:
+    with thread_switch_interval(2e-5):
         yield
-    finally:
-        sys.setswitchinterval(before)
 
 
 def _written(path: Path) -> Counter[tuple[int, int]]:
