@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import enum
+import json
 import math
 import os
 import sys
@@ -20,6 +22,8 @@ from otel_sparse.analysis import (
 )
 
 if TYPE_CHECKING:
+
+    import pandas as pd
 
     from otel_sparse.analysis import RunData
 
@@ -219,3 +223,30 @@ def _root(
     = False,
 ) -> None:
     """Run, inspect and replay otel_sparse runs."""
+
+
+class FrameFormat(str, enum.Enum):
+    """How a command that gathers a table prints it: rich tables, or CSV / JSON lines."""
+
+    table = "table"
+    csv = "csv"
+    json = "json"
+
+
+def write_frame(frame: pd.DataFrame, output_format: FrameFormat) -> bool:
+    """Write ``frame`` to stdout as CSV or JSON lines (one object a row; missing values null,
+    layer/head/count as ints) if ``output_format`` asks for one; False for a rich table."""
+    if output_format is FrameFormat.csv:
+        sys.stdout.write(frame.to_csv(index=False))
+        return True
+    if output_format is FrameFormat.json:
+        import pandas as pd
+
+        for record in frame.to_dict("records"):
+            clean = {k: None if v is None or (not isinstance(v, str) and pd.isna(v)) else
+                     (int(v) if k in ("layer", "head", "count") else
+                      v.item() if hasattr(v, "item") else v)
+                     for k, v in record.items()}
+            sys.stdout.write(json.dumps(clean) + "\n")
+        return True
+    return False

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import enum
-import json
-import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -13,6 +10,7 @@ from rich.markup import escape
 
 from otel_sparse.cli._common import (
     ByHeadOption,
+    FrameFormat,
     OnlyMetricOption,
     WhereOption,
     analysis_errors,
@@ -20,16 +18,9 @@ from otel_sparse.cli._common import (
     console,
     load_runs,
     parse_where_option,
+    write_frame,
 )
 from otel_sparse.cli._tables import compare_tables
-
-
-class CompareFormat(str, enum.Enum):
-    """How ``compare`` prints."""
-
-    table = "table"
-    csv = "csv"
-    json = "json"
 
 
 @app.command()
@@ -43,9 +34,9 @@ def compare(
     by_head: ByHeadOption = False,
     metric: OnlyMetricOption = None,
     where: WhereOption = None,
-    output_format: Annotated[CompareFormat, typer.Option(
+    output_format: Annotated[FrameFormat, typer.Option(
         "--format", help="table, or csv/json (one row per metric, layer[, head] and run label).")]
-    = CompareFormat.table,
+    = FrameFormat.table,
 ) -> None:
     """Mean, p50 and p95 per metric x layer (x head) of each run, and differences to the first."""
     from otel_sparse.analysis import compare as compare_runs
@@ -56,18 +47,7 @@ def compare(
     with analysis_errors():
         table = compare_runs(data, by=by, by_head=by_head, metric=metric, where=selection)
         labels = list(dict.fromkeys(run_labels(data, by).values()))
-    if output_format is CompareFormat.csv:
-        sys.stdout.write(table.to_csv(index=False))
-        return
-    if output_format is CompareFormat.json:
-        import pandas as pd
-
-        for record in table.to_dict("records"):
-            clean = {k: None if not isinstance(v, str) and pd.isna(v) else
-                     (int(v) if k in ("layer", "head", "count") else
-                      v.item() if hasattr(v, "item") else v)
-                     for k, v in record.items()}
-            sys.stdout.write(json.dumps(clean) + "\n")
+    if write_frame(table, output_format):
         return
     out = console()
     if table.empty:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import enum
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Optional
 
@@ -17,6 +15,7 @@ from otel_sparse.analysis import (
 from otel_sparse.cli._common import (
     BY_HELP,
     ByHeadOption,
+    FrameFormat,
     OnlyMetricOption,
     WhereOption,
     analysis_errors,
@@ -24,20 +23,13 @@ from otel_sparse.cli._common import (
     console,
     load_runs,
     parse_where_option,
+    write_frame,
 )
 from otel_sparse.cli._tables import stats_tables
 
 if TYPE_CHECKING:
 
     from otel_sparse.analysis import RunData
-
-
-class OutputFormat(str, enum.Enum):
-    """How ``summary`` prints its statistics."""
-
-    table = "table"
-    csv = "csv"
-    json = "json"
 
 
 def _manifest_header(data: RunData) -> Table:
@@ -80,9 +72,9 @@ def summary(
     where: WhereOption = None,
     by: Annotated[Optional[list[str]], typer.Option(
         "--by", help=BY_HELP + " Repeatable.", show_default=False)] = None,
-    output_format: Annotated[OutputFormat, typer.Option(
+    output_format: Annotated[FrameFormat, typer.Option(
         "--format", help="table (with the run header), or csv/json of the statistics only.")]
-    = OutputFormat.table,
+    = FrameFormat.table,
 ) -> None:
     """Count, mean, min, max, p50, p95 per metric x layer (x head), exact from the event files."""
     from otel_sparse.analysis import summarize
@@ -93,20 +85,7 @@ def summary(
     with analysis_errors():
         stats = summarize(data.events, by_head=by_head, metric=metric, by_run=by_run,
                           by=by or (), where=selection)
-    if output_format is OutputFormat.csv:
-        sys.stdout.write(stats.to_csv(index=False))
-        return
-    if output_format is OutputFormat.json:
-        import json
-
-        import pandas as pd
-
-        for record in stats.to_dict("records"):
-            clean = {k: None if v is None or (not isinstance(v, str) and pd.isna(v)) else
-                     (int(v) if k in ("layer", "head", "count") else
-                      v.item() if hasattr(v, "item") else v)
-                     for k, v in record.items()}
-            sys.stdout.write(json.dumps(clean) + "\n")
+    if write_frame(stats, output_format):
         return
     out = console()
     out.print(_manifest_header(data))
