@@ -433,9 +433,11 @@ class Pipeline:
                 "the series otel.metric.overflow=\"true\" (counted)", name, limit,
             )
         self.aggregator.overflow_events.clear()
-        data = self.collect()
+        # The version first: a change after it (a drop counted while collecting) then makes
+        # the next export's version differ, instead of hiding behind the one taken late.
         version = (self._batches_written, sum(self.drops.snapshot().values()),
                    sum(w.failures for w in self.workers))
+        data = self.collect()
         if not self.background:  # no thread may start: the local files, written here
             for worker in self.workers:
                 if worker.local:

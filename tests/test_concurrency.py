@@ -384,3 +384,34 @@ class TestLateAppend:
         late.join(30)
         logger.flush()
         assert _values(tmp_path / "micro_metrics.jsonl") == [0, 1000, 1001]
+
+
+class TestSnapshotVersion:
+    """A local exporter skips a snapshot whose version (what changed the data) it has seen."""
+
+    def test_drop_counted_while_collecting_reaches_the_next_export(
+        self, fresh_logger: type[MicroMetricLogger], tmp_path: Path
+    ) -> None:
+        """A drop counted between the collection and the version of the same export made the
+        next export look unchanged: the sink kept the stale count."""
+        sink = InMemoryMetricExporter()
+        fresh_logger.register_metric(DENSITY, float)
+        logger = fresh_logger(log_path=str(tmp_path), enabled_metrics="all", max_records=1,
+                              exporters=[sink])
+        logger.log(DENSITY, 0.5, {"layer_idx": 0})
+        logger.log(DENSITY, 0.5, {"layer_idx": 0})  # one drop: max_records
+        pipeline = logger._pipeline
+        assert pipeline is not None
+        collect = pipeline.collect
+
+        def collect_then_drop() -> Any:
+            data = collect()
+            logger.log(DENSITY, 0.5, {"layer_idx": 0})  # another thread's drop, just now
+            return data
+
+        pipeline.collect = collect_then_drop  # type: ignore[method-assign]
+        logger.flush()
+        pipeline.collect = collect  # type: ignore[method-assign]
+        logger.flush()
+        assert sink.value("otel_sparse.events.dropped", metric=DENSITY,
+                          reason="max_records") == 2
