@@ -357,54 +357,87 @@ def run(ranks: int, layers: int, heads: int, *, metrics: int = 2, rounds: int = 
             points_per_s=round(accepted / wall, 1), delay_s=round(delay, 2), tiers=tiers)
 
 
+class SimulatedRank:
+    """One rank as the library exports it: otel_sparse's Aggregator under the rank's resource.
+
+    ``log_round`` records ``steps`` values per (metric, layer, head) cell and the
+    ``otel_sparse.events.logged`` counter; ``collect`` gives the cumulative MetricsData an OTLP
+    exporter sends. Both take the clock as an argument (``start_ns``, ``time_ns``), so a test
+    can play a rank on a simulated clock (points in the past); by default it is the wall clock.
+
+    Example::
+
+        rank = SimulatedRank("run-1", rank=0, world=2, node="node-0", layers=2, heads=2)
+        rank.log_round(0, steps=2)
+        OTLPMetricExporter(endpoint=..., insecure=True).export(rank.collect())
+    """
+
+    def __init__(self, run_id: str, rank: int, world: int, node: str, layers: int,
+                 heads: int, metrics: int = 2, start_ns: int | None = None) -> None:
+        from opentelemetry.sdk.resources import Resource
+        from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+
+        from otel_sparse._instruments import make_spec
+        from otel_sparse.aggregator import Aggregator
+
+        self.rank = rank
+        self._scope = InstrumentationScope("otel_sparse", "bench")
+        self._specs = [make_spec(m, float) for m in METRICS[:metrics]]
+        self._logged = make_spec("events.logged", int, kind="counter")
+        self._keys = [(("head", h), ("layer", layer)) for layer in range(layers)
+                      for h in range(heads)]
+        self.resource = Resource({"run.id": run_id, "rank": rank, "world.size": world,
+                                  "local.rank": rank % 8, "host.name": node,
+                                  "service.name": "otel-sparse",
+                                  "service.instance.id": f"{run_id}-{rank}",
+                                  "process.pid": os.getpid()})
+        self._agg = Aggregator(start_ns=time.time_ns() if start_ns is None else start_ns)
+
+    def log_round(self, round_: int, steps: int) -> None:
+        """Record ``steps`` values (``value()``) per cell and metric, and count them."""
+        import numpy as np
+
+        for m, spec in enumerate(self._specs):
+            block = np.array([[value(self.rank, round_, s, layer, h, m)
+                               for (_, h), (_, layer) in self._keys] for s in range(steps)])
+            self._agg.record_columns(f"sparse_attention.{METRICS[m]}", spec, self._keys, block)
+            self._agg.record("otel_sparse.events.logged", self._logged,
+                             (("metric", METRICS[m]),), float(block.size))
+
+    def collect(self, time_ns: int | None = None) -> Any:
+        """The cumulative MetricsData of everything logged so far, stamped ``time_ns``."""
+        from opentelemetry.sdk.metrics.export import MetricsData, ResourceMetrics, ScopeMetrics
+
+        stamp = time.time_ns() if time_ns is None else time_ns
+        return MetricsData(resource_metrics=[ResourceMetrics(
+            resource=self.resource, schema_url="",
+            scope_metrics=[ScopeMetrics(scope=self._scope, metrics=self._agg.collect(stamp),
+                                        schema_url="")])])
+
+
 def sender(args: argparse.Namespace) -> None:
-    """Play ranks [first, last): one Aggregator, resource and OTLP exporter per rank."""
-    import numpy as np
+    """Play ranks [first, last): one SimulatedRank and OTLP exporter per rank."""
     from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
-    from opentelemetry.sdk.metrics.export import MetricsData, ResourceMetrics, ScopeMetrics
-    from opentelemetry.sdk.resources import Resource
-    from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
-    from otel_sparse._instruments import make_spec
-    from otel_sparse.aggregator import Aggregator
-
-    scope = InstrumentationScope("otel_sparse", "bench")
-    specs = [make_spec(m, float) for m in METRICS[:args.metrics]]
-    logged = make_spec("events.logged", int, kind="counter")
-    keys = [(("head", h), ("layer", layer)) for layer in range(args.layers)
-            for h in range(args.heads)]
     ranks = []
     for rank in range(args.first, args.last):
-        resource = Resource({"run.id": args.run_id, "rank": rank, "world.size": args.world,
-                             "local.rank": rank % 8, "host.name": args.node,
-                             "service.name": "otel-sparse",
-                             "service.instance.id": f"{args.run_id}-{rank}",
-                             "process.pid": os.getpid()})
         exporter = OTLPMetricExporter(endpoint=args.endpoint, insecure=True, timeout=30)
-        ranks.append((rank, Aggregator(start_ns=time.time_ns()), resource, exporter))
+        ranks.append((SimulatedRank(args.run_id, rank, args.world, args.node, args.layers,
+                                    args.heads, args.metrics), exporter))
     Path(args.go).with_suffix(f".ready{os.getpid()}").touch()
     while not Path(args.go).exists():
         time.sleep(0.02)
     start = time.monotonic()
     for round_ in range(args.rounds):
-        for rank, agg, resource, exporter in ranks:
-            for m, spec in enumerate(specs):
-                block = np.array([[value(rank, round_, s, layer, h, m)
-                                   for (_, h), (_, layer) in keys] for s in range(args.steps)])
-                agg.record_columns(f"sparse_attention.{METRICS[m]}", spec, keys, block)
-                agg.record("otel_sparse.events.logged", logged, (("metric", METRICS[m]),),
-                           float(block.size))
-            data = MetricsData(resource_metrics=[ResourceMetrics(
-                resource=resource, schema_url="",
-                scope_metrics=[ScopeMetrics(scope=scope, metrics=agg.collect(time.time_ns()),
-                                            schema_url="")])])
-            if exporter.export(data).name != "SUCCESS":
-                print(f"rank {rank}: export failed", file=sys.stderr)
+        for sim, exporter in ranks:
+            sim.log_round(round_, args.steps)
+            if exporter.export(sim.collect()).name != "SUCCESS":
+                print(f"rank {sim.rank}: export failed", file=sys.stderr)
                 sys.exit(1)
         pause = start + (round_ + 1) * args.interval - time.monotonic()
         if pause > 0 and round_ + 1 < args.rounds:
             time.sleep(pause)
-    for *_, exporter in ranks:
+    for _, exporter in ranks:
         exporter.shutdown()
 
 

@@ -332,6 +332,10 @@ def prometheus_factory(prometheus_bin: Path, tmp_path: Path) -> Iterator[Callabl
         name: used for the log file and TSDB directory.
         native_histograms: start with --enable-feature=native-histograms (scrapes then
             ask for the protobuf format, the one that carries native histograms).
+        out_of_order_window: storage.tsdb.out_of_order_time_window (e.g. "10m"), as
+            Prometheus behind the aggregator runs.
+        rule_files: rule files to load (e.g. the shipped alerts.yml), evaluated every
+            second.
     """
     started: list[Prometheus] = []
 
@@ -342,6 +346,7 @@ def prometheus_factory(prometheus_bin: Path, tmp_path: Path) -> Iterator[Callabl
         timeout: float = 60.0,
         native_histograms: bool = False,
         out_of_order_window: str | None = None,
+        rule_files: Sequence[Path] = (),
     ) -> Prometheus:
         label = name or f"prometheus-{len(started)}"
         jobs = (
@@ -364,6 +369,8 @@ def prometheus_factory(prometheus_bin: Path, tmp_path: Path) -> Iterator[Callabl
                 for job, hosts in jobs.items()
             ],
         }
+        if rule_files:
+            config["rule_files"] = [str(path) for path in rule_files]
         if out_of_order_window:
             config["storage"] = {"tsdb": {"out_of_order_time_window": out_of_order_window}}
         config_path = tmp_path / f"{label}.yml"
