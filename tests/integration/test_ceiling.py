@@ -28,7 +28,6 @@ import bench_ceiling
 pytestmark = pytest.mark.integration
 
 
-@pytest.mark.xfail(strict=True, reason="batches over 4 MiB dropped between agent and gateway")
 def test_every_offered_point_accepted_and_senders_reported_apart(
     otelcol_bin: Path, vmagent_bin: Path, tmp_path: Path,
 ) -> None:
