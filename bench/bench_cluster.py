@@ -34,6 +34,8 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -90,7 +92,7 @@ def _wait_ok(url: str, proc: subprocess.Popen[bytes], timeout: float = 60.0) -> 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"{proc.args} exited with {proc.returncode}")
+            raise RuntimeError(f"{proc.args!r} exited with {proc.returncode}")
         try:
             if requests.get(url, timeout=1).status_code == 200:
                 return
@@ -158,32 +160,89 @@ def _sample(procs: dict[str, list[Any]], tiers: dict[str, Tier], start: dict[int
         tier.peak_rss_mib = max(tier.peak_rss_mib, rss)
 
 
-def run(ranks: int, layers: int, heads: int, *, metrics: int = 2, rounds: int = 3,
-        steps: int = 2, procs: int = 4, agents: int = 2, interval_s: float = 2.0,
-        workdir: str | None = None) -> Result:
-    """Start the pipeline, play ``ranks`` ranks for ``rounds`` exports, measure, stop."""
-    import psutil
+@dataclass
+class Pipeline:
+    """A running cluster pipeline: Prometheus, vmagent, the gateway and the agents.
 
-    work = Path(workdir or tempfile.mkdtemp(prefix="bench-cluster-"))
-    work.mkdir(parents=True, exist_ok=True)
-    otelcol, vmagent = _binary("build-collector.sh"), _binary("build-vmagent.sh")
-    running: dict[str, list[subprocess.Popen[bytes]]] = {}
-    logs = []
+    ``start()`` adds a process to a tier (``running``); every process is stopped when the
+    ``pipeline()`` context ends. B and C import this to run their own layouts' checks.
+    """
 
-    def start(tier: str, args: list[str], env: dict[str, str] | None = None
+    work: Path
+    prom: str
+    vmagent: str
+    gateway: dict[str, int]
+    agents: list[dict[str, int]]
+    running: dict[str, list[subprocess.Popen[bytes]]]
+    logs: list[Any]
+
+    def start(self, tier: str, args: list[str], env: dict[str, str] | None = None
               ) -> subprocess.Popen[bytes]:
-        log = open(work / f"{tier}-{len(running.get(tier, []))}.log", "wb")  # noqa: SIM115
-        logs.append(log)
+        """Start ``args`` as one more process of ``tier``, its output in ``work``."""
+        log = open(self.work / f"{tier}-{len(self.running.get(tier, []))}.log",  # noqa: SIM115
+                   "wb")
+        self.logs.append(log)
         proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT,
                                 env={**os.environ, **(env or {})}, stdin=subprocess.DEVNULL)
-        running.setdefault(tier, []).append(proc)
+        self.running.setdefault(tier, []).append(proc)
         return proc
 
-    def collector(config: str, extra: dict[str, str], tier: str) -> dict[str, int]:
+    def telemetry(self, ports: dict[str, int]) -> str:
+        """host:port of one collector's own metrics."""
+        return f"{LOOPBACK}:{ports['OTEL_SPARSE_TELEMETRY_PORT']}"
+
+    def agent_endpoint(self, index: int) -> str:
+        """host:port of agent ``index``'s OTLP/gRPC receiver."""
+        return f"{LOOPBACK}:{self.agents[index]['OTEL_SPARSE_OTLP_GRPC_PORT']}"
+
+    def stop(self) -> None:
+        """Stop every process (SIGTERM, then SIGKILL after 15 s) and close the logs."""
+        for group in self.running.values():
+            for p in group:
+                if p.poll() is None:
+                    p.terminate()
+        for group in self.running.values():
+            for p in group:
+                try:
+                    p.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+        for log in self.logs:
+            log.close()
+
+
+SINKS = ("aggregation", "drop")
+"""What the gateway's remote write feeds: ``aggregation`` is vmagent with aggregation.yaml
+writing to Prometheus (the shipped aggregated layout); ``drop`` is vmagent parsing every
+request and dropping every series by relabelling (the cheapest real remote-write receiver:
+it isolates the collector tier's cost from aggregation and storage)."""
+
+
+@contextmanager
+def pipeline(work: Path, agents: int = 2, *, sink: str = "aggregation",
+             gateway_configs: Sequence[str] = (), agent_configs: Sequence[str] = (),
+             gateway_env: dict[str, str] | None = None,
+             agent_env: dict[str, str] | None = None) -> Iterator[Pipeline]:
+    """Start Prometheus, vmagent, the gateway (gateway.yaml) and ``agents`` agents (agent.yaml).
+
+    ``gateway_configs`` / ``agent_configs``: further ``--config`` sources the collector merges
+    over the shipped file (``yaml:...`` overlays, e.g. ``PPROF_OVERLAY``).
+    """
+    if sink not in SINKS:
+        raise ValueError(f"sink must be one of {SINKS}, not {sink!r}")
+    work.mkdir(parents=True, exist_ok=True)
+    otelcol, vmagent = _binary("build-collector.sh"), _binary("build-vmagent.sh")
+    p = Pipeline(work=work, prom="", vmagent="", gateway={}, agents=[], running={}, logs=[])
+
+    def collector(config: str, overlays: Sequence[str], extra: dict[str, str], tier: str
+                  ) -> dict[str, int]:
         ports = dict(zip(PORT_VARS, _free_ports(len(PORT_VARS))))
         env = {"OTEL_SPARSE_LISTEN_HOST": LOOPBACK, **{k: str(v) for k, v in ports.items()},
                **extra}
-        proc = start(tier, [otelcol, "--config", str(REPO / "collector-config" / config)], env)
+        args = [otelcol, "--config", str(REPO / "collector-config" / config)]
+        for overlay in overlays:
+            args += ["--config", overlay]
+        proc = p.start(tier, args, env)
         _wait_ok(f"http://{LOOPBACK}:{ports['OTEL_SPARSE_HEALTH_PORT']}/", proc)
         return ports
 
@@ -191,27 +250,50 @@ def run(ranks: int, layers: int, heads: int, *, metrics: int = 2, rounds: int = 
         (prom_port, vm_port) = _free_ports(2)
         (work / "prom.yml").write_text("global: {scrape_interval: 15s}\n"
                                        "storage: {tsdb: {out_of_order_time_window: 10m}}\n")
-        prom = f"http://{LOOPBACK}:{prom_port}"
-        proc = start("prometheus", ["/usr/bin/prometheus", f"--config.file={work / 'prom.yml'}",
-                                    f"--storage.tsdb.path={work / 'tsdb'}",
-                                    f"--web.listen-address={LOOPBACK}:{prom_port}",
-                                    "--web.enable-remote-write-receiver"])
-        _wait_ok(f"{prom}/-/ready", proc)
-        proc = start("vmagent", [vmagent, f"-httpListenAddr={LOOPBACK}:{vm_port}",
-                                 f"-remoteWrite.url={prom}/api/v1/write",
-                                 f"-remoteWrite.streamAggr.config="
-                                 f"{REPO / 'collector-config' / 'aggregation.yaml'}",
-                                 f"-remoteWrite.tmpDataPath={work / 'vmagent-data'}",
-                                 "-remoteWrite.forcePromProto=true"], AGGREGATION_ENV)
-        _wait_ok(f"http://{LOOPBACK}:{vm_port}/health", proc)
-        gateway = collector("gateway.yaml", {
-            "OTEL_SPARSE_REMOTE_WRITE_URL": f"http://{LOOPBACK}:{vm_port}/api/v1/write"},
+        p.prom = f"http://{LOOPBACK}:{prom_port}"
+        proc = p.start("prometheus", ["/usr/bin/prometheus",
+                                      f"--config.file={work / 'prom.yml'}",
+                                      f"--storage.tsdb.path={work / 'tsdb'}",
+                                      f"--web.listen-address={LOOPBACK}:{prom_port}",
+                                      "--web.enable-remote-write-receiver"])
+        _wait_ok(f"{p.prom}/-/ready", proc)
+        vm_args = [vmagent, f"-httpListenAddr={LOOPBACK}:{vm_port}",
+                   f"-remoteWrite.url={p.prom}/api/v1/write",
+                   f"-remoteWrite.tmpDataPath={work / 'vmagent-data'}",
+                   "-remoteWrite.forcePromProto=true"]
+        if sink == "aggregation":
+            vm_args.append(f"-remoteWrite.streamAggr.config="
+                           f"{REPO / 'collector-config' / 'aggregation.yaml'}")
+        else:
+            (work / "drop-all.yaml").write_text("- action: drop\n  regex: .*\n"
+                                                "  source_labels: [__name__]\n")
+            vm_args.append(f"-remoteWrite.relabelConfig={work / 'drop-all.yaml'}")
+        p.vmagent = f"http://{LOOPBACK}:{vm_port}"
+        proc = p.start("vmagent", vm_args, AGGREGATION_ENV)
+        _wait_ok(f"{p.vmagent}/health", proc)
+        p.gateway = collector("gateway.yaml", gateway_configs, {
+            "OTEL_SPARSE_REMOTE_WRITE_URL": f"{p.vmagent}/api/v1/write", **(gateway_env or {})},
             "gateway")
-        agent_ports = [collector("agent.yaml", {
-            "OTEL_SPARSE_GATEWAY_ENDPOINT": f"{LOOPBACK}:{gateway['OTEL_SPARSE_OTLP_GRPC_PORT']}",
-            "OTEL_SPARSE_AGENT_QUEUE_SIZE": "10000"}, "agents") for _ in range(agents)]
+        p.agents = [collector("agent.yaml", agent_configs, {
+            "OTEL_SPARSE_GATEWAY_ENDPOINT": f"{LOOPBACK}:{p.gateway['OTEL_SPARSE_OTLP_GRPC_PORT']}",
+            "OTEL_SPARSE_AGENT_QUEUE_SIZE": "10000", **(agent_env or {})}, "agents")
+            for _ in range(agents)]
+        yield p
+    finally:
+        p.stop()
+
+
+def run(ranks: int, layers: int, heads: int, *, metrics: int = 2, rounds: int = 3,
+        steps: int = 2, procs: int = 4, agents: int = 2, interval_s: float = 2.0,
+        workdir: str | None = None) -> Result:
+    """Start the pipeline, play ``ranks`` ranks for ``rounds`` exports, measure, stop."""
+    import psutil
+
+    work = Path(workdir or tempfile.mkdtemp(prefix="bench-cluster-"))
+    with pipeline(work, agents) as pipe:
+        prom = pipe.prom
         run_id = f"bench-{uuid.uuid4().hex[:8]}"
-        telemetry = f"{LOOPBACK}:{gateway['OTEL_SPARSE_TELEMETRY_PORT']}"
+        telemetry = pipe.telemetry(pipe.gateway)
         accepted_before = _accepted(telemetry)
         per_proc = math.ceil(ranks / procs)
         go = work / "go"
@@ -220,10 +302,10 @@ def run(ranks: int, layers: int, heads: int, *, metrics: int = 2, rounds: int = 
             first, last = i * per_proc, min(ranks, (i + 1) * per_proc)
             if first >= last:
                 continue
-            endpoint = f"{LOOPBACK}:{agent_ports[i % agents]['OTEL_SPARSE_OTLP_GRPC_PORT']}"
-            senders.append(start("senders", [
+            senders.append(pipe.start("senders", [
                 sys.executable, __file__, "--sender", "--first", str(first), "--last",
-                str(last), "--world", str(ranks), "--endpoint", endpoint, "--run-id", run_id,
+                str(last), "--world", str(ranks), "--endpoint", pipe.agent_endpoint(i % agents),
+                "--run-id", run_id,
                 "--layers", str(layers), "--heads", str(heads), "--metrics", str(metrics),
                 "--rounds", str(rounds), "--steps", str(steps), "--interval", str(interval_s),
                 "--go", str(go), "--node", f"node-{i % agents}"]))
@@ -232,7 +314,8 @@ def run(ranks: int, layers: int, heads: int, *, metrics: int = 2, rounds: int = 
                 if s.poll() is not None:
                     raise RuntimeError(f"sender exited with {s.returncode}")
                 time.sleep(0.05)
-        ps = {name: [psutil.Process(p.pid) for p in group] for name, group in running.items()}
+        ps = {name: [psutil.Process(p.pid) for p in group]
+              for name, group in pipe.running.items()}
         start_cpu = {p.pid: sum(p.cpu_times()[:2]) for group in ps.values() for p in group}
         tiers: dict[str, Tier] = {}
         t0 = time.monotonic()
@@ -272,19 +355,6 @@ def run(ranks: int, layers: int, heads: int, *, metrics: int = 2, rounds: int = 
             per_rank_series=int(per_rank[0][1]) if per_rank else 0,
             exact=exact, points_sent=points, send_wall_s=round(wall, 2),
             points_per_s=round(accepted / wall, 1), delay_s=round(delay, 2), tiers=tiers)
-    finally:
-        for group in running.values():
-            for p in group:
-                if p.poll() is None:
-                    p.terminate()
-        for group in running.values():
-            for p in group:
-                try:
-                    p.wait(timeout=15)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-        for log in logs:
-            log.close()
 
 
 class SimulatedRank:
