@@ -1,0 +1,130 @@
+"""The Grafana dashboards on the aggregated path (gateway -> vmagent -> Prometheus).
+
+vmagent sums the histogram series over ranks and drops their ``rank`` label; the library's
+own counters pass through per rank. A panel that splits by rank must then never show a
+line without a rank (it would be the cluster-wide value under an empty legend): per-rank
+views read the pass-through counters, and the per-rank histogram panels ("Attention density
+by rank", "$metric: observations per second by rank") show data only where per-rank
+histogram series exist: without the aggregator, or with the raw per-rank opt-in
+(``keep_input``). Everything else works as on the per-rank layout.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+import time
+import uuid
+from collections.abc import Callable
+
+import pytest
+import yaml
+from _procs import Sample
+from conftest import REPO_ROOT, AggregatedPath
+from dashboards import panel_queries
+from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
+
+sys.path.insert(0, str(REPO_ROOT / "bench"))
+from bench_cluster import METRICS, SimulatedRank, expected
+
+pytestmark = pytest.mark.integration
+
+DASHBOARDS = {p.name: json.loads(p.read_text()) for p in
+              sorted((REPO_ROOT / "docker" / "grafana" / "dashboards").glob("*.json"))}
+RANKS, LAYERS, HEADS, STEPS, ROUNDS, TICK_S = 2, 2, 2, 2, 6, 10
+RECORDING = REPO_ROOT / "docker" / "prometheus" / "rules" / "recording.yml"
+PER_RANK_HISTOGRAM_PANELS = {"Attention density by rank",
+                             "$metric: observations per second by rank"}
+# Panels fed by per-rank counters that the ranks here do not increase (no drops, no
+# failures, no overflow): they answer nothing on either layout.
+NO_DATA_HERE = {"Events dropped per second", "Events dropped per second by reason",
+                "Export failures by exporter and rank",
+                "Cardinality overflow: events folded into the overflow series",
+                'Series with otel_metric_overflow="true"'}
+COLLECTOR_PANEL = re.compile(r"^(Receivers|Exporters|Exporter queue|Collector memory)")
+_BY = re.compile(r"\bby\s*\(([^)]*)\)")
+
+
+def groups_by_rank(expr: str) -> bool:
+    """Whether a query's outer grouping (its first ``by (...)``) keeps the rank label."""
+    first = _BY.search(expr)
+    return first is not None and "rank" in [g.strip() for g in first.group(1).split(",")]
+
+
+def play(endpoint: str, run_id: str) -> None:
+    """RANKS ranks export ROUNDS cumulative snapshots, TICK_S apart, the last one now."""
+    now = int(time.time())
+    start = now - (ROUNDS - 1) * TICK_S
+    exporter = OTLPMetricExporter(endpoint=endpoint, insecure=True, timeout=30)
+    try:
+        ranks = [SimulatedRank(run_id, r, RANKS, f"node-{r}", LAYERS, HEADS,
+                               start_ns=(start - TICK_S) * 10**9) for r in range(RANKS)]
+        for tick in range(ROUNDS):
+            for sim in ranks:
+                sim.log_round(tick, STEPS)
+                data = sim.collect((start + tick * TICK_S) * 10**9)
+                assert exporter.export(data).name == "SUCCESS"
+    finally:
+        exporter.shutdown()
+
+
+def ranks_of(result: list[Sample]) -> list[str]:
+    return sorted(labels.get("rank", "") for labels, _ in result)
+
+
+@pytest.mark.parametrize("keep_input", [False, True], ids=["aggregated", "with-raw-opt-in"])
+def test_panels_on_the_aggregated_path(
+    aggregated_path_factory: Callable[..., AggregatedPath], keep_input: bool,
+) -> None:
+    """Every panel of both dashboards: per-rank views show exactly the ranks (never a
+    rank-less line), cluster-wide means are exact; per-rank histogram panels answer only
+    with the raw per-rank opt-in, and then exactly the ranks; lifetime counts double with
+    the opt-in (the documented cost of debugging with raw series)."""
+    path = aggregated_path_factory(keep_input=keep_input)
+    prom = path.prom
+    run_id = f"dash-{uuid.uuid4().hex[:8]}"
+    play(path.otlp_endpoint, run_id)
+    want = [expected(RANKS, ROUNDS, STEPS, LAYERS, HEADS, m) for m in range(len(METRICS))]
+    count = f'sparse_attention_{METRICS[0]}_count{{run_id="{run_id}", rank=""}}'
+    prom.wait_for_query(  # the aggregated series, exact, with two flushes for rate()
+        f"count_over_time({count}[1m])",
+        lambda r: len(r) == LAYERS * HEADS and all(v >= 2 for _, v in r),
+        timeout=60, procs=path.procs)
+    got = {(s["layer"], s["head"]): v for s, v in prom.query(count)}
+    assert got == {cell: c for cell, (c, _) in want[0].items()}
+    prom.wait_for_query(  # every rank's counter, with two samples for rate()
+        f'count_over_time(otel_sparse_events_logged_total{{run_id="{run_id}"}}[1m])',
+        lambda r: len(r) == RANKS * len(METRICS) and all(v >= 2 for _, v in r),
+        timeout=60, procs=path.procs)
+
+    ranks = [str(r) for r in range(RANKS)]
+    for name, dashboard in DASHBOARDS.items():
+        for title, expr in panel_queries(dashboard, {"run_id": run_id}):
+            if COLLECTOR_PANEL.match(title):
+                continue  # the collectors' own telemetry: not scraped here
+            result = prom.query(expr)
+            where = f"{name}: {title}: {expr}"
+            if title in PER_RANK_HISTOGRAM_PANELS:
+                assert ranks_of(result) == (ranks if keep_input else []), where
+            elif title in NO_DATA_HERE:
+                assert result == [], where
+            elif groups_by_rank(expr):
+                assert ranks_of(result) == ranks, where
+            else:
+                assert result, where
+                assert all(labels.get("rank", "") == "" for labels, _ in result), where
+            if "(whole run)" in title and not title.startswith("$"):
+                metric = 0 if "density" in title else 1
+                means = {(s["layer"], s["head"]): v for s, v in result}
+                assert means == {cell: s / c for cell, (c, s) in want[metric].items()}, where
+
+    # The recording rules' lifetime counts: exact on the aggregated layout; with the raw
+    # opt-in the raw series are summed too, so twice the total (documented in
+    # docs/grafana.md; means, ratios and quantiles are unaffected, as asserted above).
+    rules = yaml.safe_load(RECORDING.read_text())
+    recorded = {r["record"]: r["expr"] for g in rules["groups"] for r in g["rules"]}
+    rule = recorded[f"sparse_attention:{METRICS[0]}_count:sum_by_layer_head"]
+    got = {(s["layer"], s["head"]): v for s, v in prom.query(rule) if s["run_id"] == run_id}
+    factor = 2 if keep_input else 1
+    assert got == {cell: factor * c for cell, (c, _) in want[0].items()}
