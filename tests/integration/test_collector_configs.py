@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import AGGREGATION_CONFIG, CONFIG_DIR, SHIPPED_CONFIGS
+from conftest import AGGREGATION_CONFIG, CONFIG_DIR, REMOTE_WRITE_ONLY, SHIPPED_CONFIGS
 
 pytestmark = pytest.mark.integration
 
@@ -58,6 +58,18 @@ def test_shipped_config_validates(otelcol_bin: Path, config: str) -> None:
         otelcol_bin, "validate", "--config", str(CONFIG_DIR / config), env=REQUIRED_ENV
     )
     assert done.returncode == 0, done.stderr
+
+
+def test_remote_write_only_gateway_validates(otelcol_bin: Path) -> None:
+    """gateway.yaml + REMOTE_WRITE_ONLY (the 8-node aggregated gateway, the 128-node node
+    collector) validates; the overlay names only an exporter gateway.yaml defines."""
+    done = run_otelcol(otelcol_bin, "validate", "--config", str(CONFIG_DIR / "gateway.yaml"),
+                       f"--config={REMOTE_WRITE_ONLY}", env=REQUIRED_ENV)
+    assert done.returncode == 0, done.stderr
+    typo = REMOTE_WRITE_ONLY.replace("prometheusremotewrite", "prometheusremotewrit")
+    done = run_otelcol(otelcol_bin, "validate", "--config", str(CONFIG_DIR / "gateway.yaml"),
+                       f"--config={typo}", env=REQUIRED_ENV)
+    assert done.returncode != 0 and "prometheusremotewrit" in done.stderr
 
 
 @pytest.mark.parametrize(
