@@ -95,11 +95,7 @@ def keyed(result: list[Sample]) -> dict[tuple[tuple[str, str], ...], str]:
     return {tuple(sorted(labels.items())): repr(value) for labels, value in result}
 
 
-@pytest.mark.parametrize("keep_input", [
-    False,
-    pytest.param(True, marks=pytest.mark.xfail(
-        strict=True, reason="the raw opt-in doubles cluster-wide totals (fixed next commit)")),
-], ids=["aggregated", "with-raw-opt-in"])
+@pytest.mark.parametrize("keep_input", [False, True], ids=["aggregated", "with-raw-opt-in"])
 def test_panels_on_the_aggregated_path(
     aggregated_path_factory: Callable[..., AggregatedPath], keep_input: bool,
 ) -> None:
