@@ -95,16 +95,26 @@ def keyed(result: list[Sample]) -> dict[tuple[tuple[str, str], ...], str]:
     return {tuple(sorted(labels.items())): repr(value) for labels, value in result}
 
 
-@pytest.mark.parametrize("keep_input", [False, True], ids=["aggregated", "with-raw-opt-in"])
+@pytest.mark.parametrize(("keep_input", "signed_sums"), [
+    (False, False), (True, False), (True, True),
+], ids=["aggregated", "with-raw-opt-in", "with-raw-opt-in-signed-sums"])
 def test_panels_on_the_aggregated_path(
     aggregated_path_factory: Callable[..., AggregatedPath], keep_input: bool,
+    signed_sums: bool,
 ) -> None:
     """Every panel of both dashboards and every recording rule: per-rank views show exactly
     the ranks (never a rank-less line); cluster-wide views answer exactly what they answer
     over the aggregated series alone, with or without the raw per-rank opt-in, and lifetime
     counts, sums and means equal the totals logged; per-rank histogram panels answer only
-    with the raw opt-in, and then exactly the ranks."""
-    path = aggregated_path_factory(keep_input=keep_input)
+    with the raw opt-in, and then exactly the ranks.
+
+    With ``signed_sums`` every ``_sum`` is left per rank (OTEL_SPARSE_AGGR_SIGNED_SUMS): the
+    raw write then stores the same per-rank ``_sum`` series the aggregating write passes
+    through (one series each, same labels), and the cluster-wide sums fall back to them;
+    lifetime sums and means must still be exact. (No aggregated-only twin there: the
+    per-rank ``_sum`` is part of the aggregated layout.)"""
+    env = {"OTEL_SPARSE_AGGR_SIGNED_SUMS": "sparse_attention_.+_sum"} if signed_sums else None
+    path = aggregated_path_factory(keep_input=keep_input, vmagent_env=env)
     prom = path.prom
     run_id = f"dash-{uuid.uuid4().hex[:8]}"
     play(path.otlp_endpoint, run_id)
@@ -124,6 +134,10 @@ def test_panels_on_the_aggregated_path(
             f'{{run_id="{run_id}", rank!=""}}[1m])',
             lambda r: len(r) == RANKS * LAYERS * HEADS and all(v >= 2 for _, v in r),
             timeout=60, procs=path.procs)
+    if signed_sums:  # no aggregated _sum; each rank's _sum once, from both writes
+        sums = f'sparse_attention_{METRICS[0]}_sum{{run_id="{run_id}"}}'
+        assert ranks_of(prom.query(sums)) == sorted(str(r) for r in range(RANKS)
+                                                    for _ in range(LAYERS * HEADS))
     # One evaluation time for a query and its aggregated-only twin, so that both read the
     # same stored samples: 1.5 s back, past what vmagent (1 s flushes, sent within 0.2 s)
     # may still be writing; the samples waited for above are older than that by then.
@@ -146,8 +160,9 @@ def test_panels_on_the_aggregated_path(
             else:
                 assert result, where
                 assert all(labels.get("rank", "") == "" for labels, _ in result), where
-                alone = query(prom.url, aggregated_only(expr), at=at)
-                assert keyed(result) == keyed(alone), where
+                if not signed_sums:
+                    alone = query(prom.url, aggregated_only(expr), at=at)
+                    assert keyed(result) == keyed(alone), where
             if "(whole run)" in title and not title.startswith("$"):
                 metric = 0 if "density" in title else 1
                 means = {(s["layer"], s["head"]): v for s, v in result}
@@ -163,9 +178,10 @@ def test_panels_on_the_aggregated_path(
         result = [(s, v) for s, v in query(prom.url, expr, at=at) if s["run_id"] == run_id]
         where = f"{record}: {expr}"
         assert result, where
-        alone = [(s, v) for s, v in query(prom.url, aggregated_only(expr), at=at)
-                 if s["run_id"] == run_id]
-        assert keyed(result) == keyed(alone), where
+        if not signed_sums:
+            alone = [(s, v) for s, v in query(prom.url, aggregated_only(expr), at=at)
+                     if s["run_id"] == run_id]
+            assert keyed(result) == keyed(alone), where
         if record.endswith("_by_layer_head"):
             metric = next(m for m, name in enumerate(METRICS) if f":{name}" in record)
             got = {(s["layer"], s["head"]): v for s, v in result}
