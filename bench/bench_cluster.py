@@ -34,6 +34,8 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -91,7 +93,7 @@ def _wait_ok(url: str, proc: subprocess.Popen[bytes], timeout: float = 60.0) -> 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"{proc.args} exited with {proc.returncode}")
+            raise RuntimeError(f"{proc.args!r} exited with {proc.returncode}")
         try:
             if requests.get(url, timeout=1).status_code == 200:
                 return
@@ -159,32 +161,89 @@ def _sample(procs: dict[str, list[Any]], tiers: dict[str, Tier], start: dict[int
         tier.peak_rss_mib = max(tier.peak_rss_mib, rss)
 
 
-def run(ranks: int, layers: int, heads: int, *, metrics: int = 2, rounds: int = 3,
-        steps: int = 2, procs: int = 4, agents: int = 2, interval_s: float = 2.0,
-        workdir: str | None = None) -> Result:
-    """Start the pipeline, play ``ranks`` ranks for ``rounds`` exports, measure, stop."""
-    import psutil
+@dataclass
+class Pipeline:
+    """A running cluster pipeline: Prometheus, vmagent, the gateway and the agents.
 
-    work = Path(workdir or tempfile.mkdtemp(prefix="bench-cluster-"))
-    work.mkdir(parents=True, exist_ok=True)
-    otelcol, vmagent = _binary("build-collector.sh"), _binary("build-vmagent.sh")
-    running: dict[str, list[subprocess.Popen[bytes]]] = {}
-    logs = []
+    ``start()`` adds a process to a tier (``running``); every process is stopped when the
+    ``pipeline()`` context ends. B and C import this to run their own layouts' checks.
+    """
 
-    def start(tier: str, args: list[str], env: dict[str, str] | None = None
+    work: Path
+    prom: str
+    vmagent: str
+    gateway: dict[str, int]
+    agents: list[dict[str, int]]
+    running: dict[str, list[subprocess.Popen[bytes]]]
+    logs: list[Any]
+
+    def start(self, tier: str, args: list[str], env: dict[str, str] | None = None
               ) -> subprocess.Popen[bytes]:
-        log = open(work / f"{tier}-{len(running.get(tier, []))}.log", "wb")  # noqa: SIM115
-        logs.append(log)
+        """Start ``args`` as one more process of ``tier``, its output in ``work``."""
+        log = open(self.work / f"{tier}-{len(self.running.get(tier, []))}.log",  # noqa: SIM115
+                   "wb")
+        self.logs.append(log)
         proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT,
                                 env={**os.environ, **(env or {})}, stdin=subprocess.DEVNULL)
-        running.setdefault(tier, []).append(proc)
+        self.running.setdefault(tier, []).append(proc)
         return proc
 
-    def collector(config: str, extra: dict[str, str], tier: str) -> dict[str, int]:
+    def telemetry(self, ports: dict[str, int]) -> str:
+        """host:port of one collector's own metrics."""
+        return f"{LOOPBACK}:{ports['OTEL_SPARSE_TELEMETRY_PORT']}"
+
+    def agent_endpoint(self, index: int) -> str:
+        """host:port of agent ``index``'s OTLP/gRPC receiver."""
+        return f"{LOOPBACK}:{self.agents[index]['OTEL_SPARSE_OTLP_GRPC_PORT']}"
+
+    def stop(self) -> None:
+        """Stop every process (SIGTERM, then SIGKILL after 15 s) and close the logs."""
+        for group in self.running.values():
+            for p in group:
+                if p.poll() is None:
+                    p.terminate()
+        for group in self.running.values():
+            for p in group:
+                try:
+                    p.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+        for log in self.logs:
+            log.close()
+
+
+SINKS = ("aggregation", "drop")
+"""What the gateway's remote write feeds: ``aggregation`` is vmagent with aggregation.yaml
+writing to Prometheus (the shipped aggregated layout); ``drop`` is vmagent parsing every
+request and dropping every series by relabelling (the cheapest real remote-write receiver:
+it isolates the collector tier's cost from aggregation and storage)."""
+
+
+@contextmanager
+def pipeline(work: Path, agents: int = 2, *, sink: str = "aggregation",
+             gateway_configs: Sequence[str] = (), agent_configs: Sequence[str] = (),
+             gateway_env: dict[str, str] | None = None,
+             agent_env: dict[str, str] | None = None) -> Iterator[Pipeline]:
+    """Start Prometheus, vmagent, the gateway (gateway.yaml) and ``agents`` agents (agent.yaml).
+
+    ``gateway_configs`` / ``agent_configs``: further ``--config`` sources the collector merges
+    over the shipped file (``yaml:...`` overlays, e.g. ``PPROF_OVERLAY``).
+    """
+    if sink not in SINKS:
+        raise ValueError(f"sink must be one of {SINKS}, not {sink!r}")
+    work.mkdir(parents=True, exist_ok=True)
+    otelcol, vmagent = _binary("build-collector.sh"), _binary("build-vmagent.sh")
+    p = Pipeline(work=work, prom="", vmagent="", gateway={}, agents=[], running={}, logs=[])
+
+    def collector(config: str, overlays: Sequence[str], extra: dict[str, str], tier: str
+                  ) -> dict[str, int]:
         ports = dict(zip(PORT_VARS, _free_ports(len(PORT_VARS))))
         env = {"OTEL_SPARSE_LISTEN_HOST": LOOPBACK, **{k: str(v) for k, v in ports.items()},
                **extra}
-        proc = start(tier, [otelcol, "--config", str(REPO / "collector-config" / config)], env)
+        args = [otelcol, "--config", str(REPO / "collector-config" / config)]
+        for overlay in overlays:
+            args += ["--config", overlay]
+        proc = p.start(tier, args, env)
         _wait_ok(f"http://{LOOPBACK}:{ports['OTEL_SPARSE_HEALTH_PORT']}/", proc)
         return ports
 
@@ -192,27 +251,50 @@ def run(ranks: int, layers: int, heads: int, *, metrics: int = 2, rounds: int = 
         (prom_port, vm_port) = _free_ports(2)
         (work / "prom.yml").write_text("global: {scrape_interval: 15s}\n"
                                        "storage: {tsdb: {out_of_order_time_window: 10m}}\n")
-        prom = f"http://{LOOPBACK}:{prom_port}"
-        proc = start("prometheus", ["/usr/bin/prometheus", f"--config.file={work / 'prom.yml'}",
-                                    f"--storage.tsdb.path={work / 'tsdb'}",
-                                    f"--web.listen-address={LOOPBACK}:{prom_port}",
-                                    "--web.enable-remote-write-receiver"])
-        _wait_ok(f"{prom}/-/ready", proc)
-        proc = start("vmagent", [vmagent, f"-httpListenAddr={LOOPBACK}:{vm_port}",
-                                 f"-remoteWrite.url={prom}/api/v1/write",
-                                 f"-remoteWrite.streamAggr.config="
-                                 f"{REPO / 'collector-config' / 'aggregation.yaml'}",
-                                 f"-remoteWrite.tmpDataPath={work / 'vmagent-data'}",
-                                 "-remoteWrite.forcePromProto=true"], AGGREGATION_ENV)
-        _wait_ok(f"http://{LOOPBACK}:{vm_port}/health", proc)
-        gateway = collector("gateway.yaml", {
-            "OTEL_SPARSE_REMOTE_WRITE_URL": f"http://{LOOPBACK}:{vm_port}/api/v1/write"},
+        p.prom = f"http://{LOOPBACK}:{prom_port}"
+        proc = p.start("prometheus", ["/usr/bin/prometheus",
+                                      f"--config.file={work / 'prom.yml'}",
+                                      f"--storage.tsdb.path={work / 'tsdb'}",
+                                      f"--web.listen-address={LOOPBACK}:{prom_port}",
+                                      "--web.enable-remote-write-receiver"])
+        _wait_ok(f"{p.prom}/-/ready", proc)
+        vm_args = [vmagent, f"-httpListenAddr={LOOPBACK}:{vm_port}",
+                   f"-remoteWrite.url={p.prom}/api/v1/write",
+                   f"-remoteWrite.tmpDataPath={work / 'vmagent-data'}",
+                   "-remoteWrite.forcePromProto=true"]
+        if sink == "aggregation":
+            vm_args.append(f"-remoteWrite.streamAggr.config="
+                           f"{REPO / 'collector-config' / 'aggregation.yaml'}")
+        else:
+            (work / "drop-all.yaml").write_text("- action: drop\n  regex: .*\n"
+                                                "  source_labels: [__name__]\n")
+            vm_args.append(f"-remoteWrite.relabelConfig={work / 'drop-all.yaml'}")
+        p.vmagent = f"http://{LOOPBACK}:{vm_port}"
+        proc = p.start("vmagent", vm_args, AGGREGATION_ENV)
+        _wait_ok(f"{p.vmagent}/health", proc)
+        p.gateway = collector("gateway.yaml", gateway_configs, {
+            "OTEL_SPARSE_REMOTE_WRITE_URL": f"{p.vmagent}/api/v1/write", **(gateway_env or {})},
             "gateway")
-        agent_ports = [collector("agent.yaml", {
-            "OTEL_SPARSE_GATEWAY_ENDPOINT": f"{LOOPBACK}:{gateway['OTEL_SPARSE_OTLP_GRPC_PORT']}",
-            "OTEL_SPARSE_AGENT_QUEUE_SIZE": "10000"}, "agents") for _ in range(agents)]
+        p.agents = [collector("agent.yaml", agent_configs, {
+            "OTEL_SPARSE_GATEWAY_ENDPOINT": f"{LOOPBACK}:{p.gateway['OTEL_SPARSE_OTLP_GRPC_PORT']}",
+            "OTEL_SPARSE_AGENT_QUEUE_SIZE": "10000", **(agent_env or {})}, "agents")
+            for _ in range(agents)]
+        yield p
+    finally:
+        p.stop()
+
+
+def run(ranks: int, layers: int, heads: int, *, metrics: int = 2, rounds: int = 3,
+        steps: int = 2, procs: int = 4, agents: int = 2, interval_s: float = 2.0,
+        workdir: str | None = None) -> Result:
+    """Start the pipeline, play ``ranks`` ranks for ``rounds`` exports, measure, stop."""
+    import psutil
+
+    work = Path(workdir or tempfile.mkdtemp(prefix="bench-cluster-"))
+    with pipeline(work, agents) as pipe:
+        prom = pipe.prom
         run_id = f"bench-{uuid.uuid4().hex[:8]}"
-        telemetry = f"{LOOPBACK}:{gateway['OTEL_SPARSE_TELEMETRY_PORT']}"
+        telemetry = pipe.telemetry(pipe.gateway)
         accepted_before = _accepted(telemetry)
         per_proc = math.ceil(ranks / procs)
         go = work / "go"
@@ -221,10 +303,10 @@ def run(ranks: int, layers: int, heads: int, *, metrics: int = 2, rounds: int = 
             first, last = i * per_proc, min(ranks, (i + 1) * per_proc)
             if first >= last:
                 continue
-            endpoint = f"{LOOPBACK}:{agent_ports[i % agents]['OTEL_SPARSE_OTLP_GRPC_PORT']}"
-            senders.append(start("senders", [
+            senders.append(pipe.start("senders", [
                 sys.executable, __file__, "--sender", "--first", str(first), "--last",
-                str(last), "--world", str(ranks), "--endpoint", endpoint, "--run-id", run_id,
+                str(last), "--world", str(ranks), "--endpoint", pipe.agent_endpoint(i % agents),
+                "--run-id", run_id,
                 "--layers", str(layers), "--heads", str(heads), "--metrics", str(metrics),
                 "--rounds", str(rounds), "--steps", str(steps), "--interval", str(interval_s),
                 "--go", str(go), "--node", f"node-{i % agents}"]))
@@ -233,7 +315,8 @@ def run(ranks: int, layers: int, heads: int, *, metrics: int = 2, rounds: int = 
                 if s.poll() is not None:
                     raise RuntimeError(f"sender exited with {s.returncode}")
                 time.sleep(0.05)
-        ps = {name: [psutil.Process(p.pid) for p in group] for name, group in running.items()}
+        ps = {name: [psutil.Process(p.pid) for p in group]
+              for name, group in pipe.running.items()}
         start_cpu = {p.pid: sum(p.cpu_times()[:2]) for group in ps.values() for p in group}
         tiers: dict[str, Tier] = {}
         t0 = time.monotonic()
@@ -273,69 +356,89 @@ def run(ranks: int, layers: int, heads: int, *, metrics: int = 2, rounds: int = 
             per_rank_series=int(per_rank[0][1]) if per_rank else 0,
             exact=exact, points_sent=points, send_wall_s=round(wall, 2),
             points_per_s=round(accepted / wall, 1), delay_s=round(delay, 2), tiers=tiers)
-    finally:
-        for group in running.values():
-            for p in group:
-                if p.poll() is None:
-                    p.terminate()
-        for group in running.values():
-            for p in group:
-                try:
-                    p.wait(timeout=15)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-        for log in logs:
-            log.close()
+
+
+class SimulatedRank:
+    """One rank as the library exports it: otel_sparse's Aggregator under the rank's resource.
+
+    ``log_round`` records ``steps`` values per (metric, layer, head) cell and the
+    ``otel_sparse.events.logged`` counter; ``collect`` gives the cumulative MetricsData an OTLP
+    exporter sends. Both take the clock as an argument (``start_ns``, ``time_ns``), so a test
+    can play a rank on a simulated clock (points in the past); by default it is the wall clock.
+
+    Example::
+
+        rank = SimulatedRank("run-1", rank=0, world=2, node="node-0", layers=2, heads=2)
+        rank.log_round(0, steps=2)
+        OTLPMetricExporter(endpoint=..., insecure=True).export(rank.collect())
+    """
+
+    def __init__(self, run_id: str, rank: int, world: int, node: str, layers: int,
+                 heads: int, metrics: int = 2, start_ns: int | None = None) -> None:
+        from opentelemetry.sdk.resources import Resource
+        from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+
+        from otel_sparse._instruments import make_spec
+        from otel_sparse.aggregator import Aggregator
+
+        self.rank = rank
+        self._scope = InstrumentationScope("otel_sparse", "bench")
+        self._specs = [make_spec(m, float) for m in METRICS[:metrics]]
+        self._logged = make_spec("events.logged", int, kind="counter")
+        self._keys = [(("head", h), ("layer", layer)) for layer in range(layers)
+                      for h in range(heads)]
+        self.resource = Resource({"run.id": run_id, "rank": rank, "world.size": world,
+                                  "local.rank": rank % 8, "host.name": node,
+                                  "service.name": "otel-sparse",
+                                  "service.instance.id": f"{run_id}-{rank}",
+                                  "process.pid": os.getpid()})
+        self._agg = Aggregator(start_ns=time.time_ns() if start_ns is None else start_ns)
+
+    def log_round(self, round_: int, steps: int) -> None:
+        """Record ``steps`` values (``value()``) per cell and metric, and count them."""
+        import numpy as np
+
+        for m, spec in enumerate(self._specs):
+            block = np.array([[value(self.rank, round_, s, layer, h, m)
+                               for (_, h), (_, layer) in self._keys] for s in range(steps)])
+            self._agg.record_columns(f"sparse_attention.{METRICS[m]}", spec, self._keys, block)
+            self._agg.record("otel_sparse.events.logged", self._logged,
+                             (("metric", METRICS[m]),), float(block.size))
+
+    def collect(self, time_ns: int | None = None) -> Any:
+        """The cumulative MetricsData of everything logged so far, stamped ``time_ns``."""
+        from opentelemetry.sdk.metrics.export import MetricsData, ResourceMetrics, ScopeMetrics
+
+        stamp = time.time_ns() if time_ns is None else time_ns
+        return MetricsData(resource_metrics=[ResourceMetrics(
+            resource=self.resource, schema_url="",
+            scope_metrics=[ScopeMetrics(scope=self._scope, metrics=self._agg.collect(stamp),
+                                        schema_url="")])])
 
 
 def sender(args: argparse.Namespace) -> None:
-    """Play ranks [first, last): one Aggregator, resource and OTLP exporter per rank."""
-    import numpy as np
+    """Play ranks [first, last): one SimulatedRank and OTLP exporter per rank."""
     from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
-    from opentelemetry.sdk.metrics.export import MetricsData, ResourceMetrics, ScopeMetrics
-    from opentelemetry.sdk.resources import Resource
-    from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
-    from otel_sparse._instruments import make_spec
-    from otel_sparse.aggregator import Aggregator
-
-    scope = InstrumentationScope("otel_sparse", "bench")
-    specs = [make_spec(m, float) for m in METRICS[:args.metrics]]
-    logged = make_spec("events.logged", int, kind="counter")
-    keys = [(("head", h), ("layer", layer)) for layer in range(args.layers)
-            for h in range(args.heads)]
     ranks = []
     for rank in range(args.first, args.last):
-        resource = Resource({"run.id": args.run_id, "rank": rank, "world.size": args.world,
-                             "local.rank": rank % 8, "host.name": args.node,
-                             "service.name": "otel-sparse",
-                             "service.instance.id": f"{args.run_id}-{rank}",
-                             "process.pid": os.getpid()})
         exporter = OTLPMetricExporter(endpoint=args.endpoint, insecure=True, timeout=30)
-        ranks.append((rank, Aggregator(start_ns=time.time_ns()), resource, exporter))
+        ranks.append((SimulatedRank(args.run_id, rank, args.world, args.node, args.layers,
+                                    args.heads, args.metrics), exporter))
     Path(args.go).with_suffix(f".ready{os.getpid()}").touch()
     while not Path(args.go).exists():
         time.sleep(0.02)
     start = time.monotonic()
     for round_ in range(args.rounds):
-        for rank, agg, resource, exporter in ranks:
-            for m, spec in enumerate(specs):
-                block = np.array([[value(rank, round_, s, layer, h, m)
-                                   for (_, h), (_, layer) in keys] for s in range(args.steps)])
-                agg.record_columns(f"sparse_attention.{METRICS[m]}", spec, keys, block)
-                agg.record("otel_sparse.events.logged", logged, (("metric", METRICS[m]),),
-                           float(block.size))
-            data = MetricsData(resource_metrics=[ResourceMetrics(
-                resource=resource, schema_url="",
-                scope_metrics=[ScopeMetrics(scope=scope, metrics=agg.collect(time.time_ns()),
-                                            schema_url="")])])
-            if exporter.export(data).name != "SUCCESS":
-                print(f"rank {rank}: export failed", file=sys.stderr)
+        for sim, exporter in ranks:
+            sim.log_round(round_, args.steps)
+            if exporter.export(sim.collect()).name != "SUCCESS":
+                print(f"rank {sim.rank}: export failed", file=sys.stderr)
                 sys.exit(1)
         pause = start + (round_ + 1) * args.interval - time.monotonic()
         if pause > 0 and round_ + 1 < args.rounds:
             time.sleep(pause)
-    for *_, exporter in ranks:
+    for _, exporter in ranks:
         exporter.shutdown()
 
 

@@ -247,6 +247,44 @@ def query(base_url: str, promql: str, at: float | None = None) -> list[Sample]:
             for r in data["result"]]
 
 
+Series = tuple[dict[str, str], list[tuple[float, float]]]
+
+
+def query_matrix(
+    base_url: str,
+    promql: str,
+    at: float | None = None,
+    start: float | None = None,
+    end: float | None = None,
+    step: float = 15.0,
+) -> list[Series]:
+    """Run a query that gives a matrix; return (labels, [(unix seconds, value), ...]) per series.
+
+    Without ``start``: an instant query (a range selector such as ``x[1h]`` gives every
+    stored sample with its own timestamp). With ``start``: a range query from ``start`` to
+    ``end`` (default now) every ``step`` seconds.
+
+    Raises RuntimeError on an HTTP or PromQL error, or a result that is not a matrix.
+    """
+    if start is None:
+        path, params = "query", {"query": promql}
+        if at is not None:
+            params["time"] = repr(at)
+    else:
+        path = "query_range"
+        params = {"query": promql, "start": repr(start),
+                  "end": repr(time.time() if end is None else end), "step": repr(step)}
+    resp = requests.get(f"{base_url.rstrip('/')}/api/v1/{path}", params=params, timeout=10.0)
+    body = resp.json()
+    if body.get("status") != "success":
+        raise RuntimeError(f"{promql!r}: {body.get('errorType')}: {body.get('error')}")
+    data = body["data"]
+    if data["resultType"] != "matrix":
+        raise RuntimeError(f"{promql!r}: expected a matrix, got {data['resultType']}")
+    return [(dict(r["metric"]), [(float(t), float(v)) for t, v in r.get("values", [])])
+            for r in data["result"]]
+
+
 def wait_for_query(
     base_url: str,
     promql: str,

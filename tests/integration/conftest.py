@@ -9,6 +9,7 @@ processes really ran.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 import yaml
 from _procs import (
     LOOPBACK,
@@ -329,6 +331,22 @@ class Prometheus(_Server):
             self.url, promql, predicate, timeout=timeout, procs=(self.process, *procs)
         )
 
+    def load_rules(self, rule_files: Sequence[Path], timeout: float = 60.0) -> None:
+        """Set the config's rule_files, reload (SIGHUP) and wait until every file's groups
+        are loaded. Their evaluation starts now (every second)."""
+        config: dict[str, Any] = yaml.safe_load(self.config_path.read_text())
+        config["rule_files"] = [str(path) for path in rule_files]
+        self.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+        assert self.process.pid is not None
+        os.kill(self.process.pid, signal.SIGHUP)
+        want = {str(path) for path in rule_files}
+
+        def loaded(_: list[Sample]) -> bool:
+            groups = requests.get(f"{self.url}/api/v1/rules", timeout=5).json()["data"]
+            return {g["file"] for g in groups["groups"]} == want
+
+        self.wait_for_query("vector(1)", loaded, timeout=timeout)
+
 
 @pytest.fixture
 def prometheus_factory(prometheus_bin: Path, tmp_path: Path) -> Iterator[Callable[..., Prometheus]]:
@@ -342,6 +360,10 @@ def prometheus_factory(prometheus_bin: Path, tmp_path: Path) -> Iterator[Callabl
         name: used for the log file and TSDB directory.
         native_histograms: start with --enable-feature=native-histograms (scrapes then
             ask for the protobuf format, the one that carries native histograms).
+        out_of_order_window: storage.tsdb.out_of_order_time_window (e.g. "10m"), as
+            Prometheus behind the aggregator runs.
+        rule_files: rule files to load (e.g. the shipped alerts.yml), evaluated every
+            second.
     """
     started: list[Prometheus] = []
 
@@ -352,6 +374,7 @@ def prometheus_factory(prometheus_bin: Path, tmp_path: Path) -> Iterator[Callabl
         timeout: float = 60.0,
         native_histograms: bool = False,
         out_of_order_window: str | None = None,
+        rule_files: Sequence[Path] = (),
     ) -> Prometheus:
         label = name or f"prometheus-{len(started)}"
         jobs = (
@@ -374,6 +397,8 @@ def prometheus_factory(prometheus_bin: Path, tmp_path: Path) -> Iterator[Callabl
                 for job, hosts in jobs.items()
             ],
         }
+        if rule_files:
+            config["rule_files"] = [str(path) for path in rule_files]
         if out_of_order_window:
             config["storage"] = {"tsdb": {"out_of_order_time_window": out_of_order_window}}
         config_path = tmp_path / f"{label}.yml"
@@ -408,3 +433,60 @@ def manifest() -> dict[str, Any]:
     """collector-config/manifest.yaml, parsed."""
     doc: dict[str, Any] = yaml.safe_load((CONFIG_DIR / "manifest.yaml").read_text())
     return doc
+
+
+@dataclass
+class AggregatedPath:
+    """The aggregation tier, started: [agent ->] gateway --remote write--> vmagent
+    (aggregation.yaml) --remote write--> Prometheus."""
+
+    prom: Prometheus
+    vmagent: Vmagent
+    gateway: Collector
+    agent: Collector | None
+
+    @property
+    def otlp_endpoint(self) -> str:
+        """host:port where ranks send OTLP/gRPC: the agent if there is one, else the gateway."""
+        return (self.agent or self.gateway).grpc_endpoint
+
+    @property
+    def procs(self) -> list[ManagedProcess]:
+        """The collector tier's processes (vmagent, gateway, agent), for waits to watch."""
+        return [self.vmagent.process, self.gateway.process,
+                *([self.agent.process] if self.agent else [])]
+
+
+@pytest.fixture
+def aggregated_path_factory(
+    collector_factory: Callable[..., Collector],
+    prometheus_factory: Callable[..., Prometheus],
+    vmagent_factory: Callable[..., Vmagent],
+) -> Callable[..., AggregatedPath]:
+    """Start the aggregation tier: ``aggregated_path_factory(agent=True)``.
+
+    Args of the returned callable:
+        agent: put a node agent (agent.yaml) in front of the gateway.
+        out_of_order_window: Prometheus' storage.tsdb.out_of_order_time_window.
+        vmagent_env: extra environment of vmagent (aggregation.yaml's placeholders).
+        keep_input: vmagent also writes the raw per-rank series (the debugging opt-in).
+        rule_files: rule files Prometheus loads from the start.
+    """
+
+    def start(agent: bool = False, out_of_order_window: str = "10m",
+              vmagent_env: Mapping[str, str] | None = None, keep_input: bool = False,
+              rule_files: Sequence[Path] = ()) -> AggregatedPath:
+        prom = prometheus_factory(remote_write_receiver=True, name="prom",
+                                  out_of_order_window=out_of_order_window,
+                                  rule_files=rule_files)
+        vmagent = vmagent_factory(prom.remote_write_url, name="vmagent", env=vmagent_env,
+                                  keep_input=keep_input)
+        gateway = collector_factory(
+            "gateway.yaml", env={"OTEL_SPARSE_REMOTE_WRITE_URL": vmagent.remote_write_url},
+            name="gateway")
+        node = collector_factory(
+            "agent.yaml", env={"OTEL_SPARSE_GATEWAY_ENDPOINT": gateway.grpc_endpoint},
+            name="agent") if agent else None
+        return AggregatedPath(prom, vmagent, gateway, node)
+
+    return start

@@ -32,7 +32,7 @@ from pathlib import Path
 import pytest
 from _procs import Sample
 from _ranks import METRICS, RankGroup, expected_totals
-from conftest import REPO_ROOT, Collector, Prometheus, Vmagent
+from conftest import REPO_ROOT, AggregatedPath, Collector, Prometheus, Vmagent
 from dashboards import panel_queries
 
 from otel_sparse._instruments import DEFAULT_FLOAT_BOUNDARIES
@@ -83,16 +83,9 @@ class Tier:
 
 
 @pytest.fixture
-def tier(collector_factory: Callable[..., Collector],
-         prometheus_factory: Callable[..., Prometheus],
-         vmagent_factory: Callable[..., Vmagent]) -> Tier:
-    prom = prometheus_factory(remote_write_receiver=True, name="prom",
-                              out_of_order_window="10m")
-    vmagent = vmagent_factory(prom.remote_write_url, name="vmagent")
-    gateway = collector_factory(
-        "gateway.yaml", env={"OTEL_SPARSE_REMOTE_WRITE_URL": vmagent.remote_write_url},
-        name="gateway")
-    return Tier(prom, vmagent, gateway)
+def tier(aggregated_path_factory: Callable[..., AggregatedPath]) -> Tier:
+    path = aggregated_path_factory()
+    return Tier(path.prom, path.vmagent, path.gateway)
 
 
 def test_two_runs_exact_rank_independent_series_early_exit(tier: Tier, tmp_path: Path) -> None:
@@ -224,21 +217,15 @@ def _sender(endpoint: str, run_id: str, rank: int) -> tuple[Callable[..., None],
 
 
 def test_delayed_duplicated_exports_and_signed_sums(
-    collector_factory: Callable[..., Collector],
-    prometheus_factory: Callable[..., Prometheus],
-    vmagent_factory: Callable[..., Vmagent],
+    aggregated_path_factory: Callable[..., AggregatedPath],
 ) -> None:
     """An older export after a newer one and an export sent twice change nothing; a sum that
     goes down (negative values) stays per rank when listed and sums exactly at query time."""
     from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
 
-    prom = prometheus_factory(remote_write_receiver=True, name="prom",
-                              out_of_order_window="10m")
-    vmagent = vmagent_factory(prom.remote_write_url, name="vmagent",
-                              env={"OTEL_SPARSE_AGGR_SIGNED_SUMS":
-                                   "sparse_attention_signed_error_sum"})
-    gateway = collector_factory(
-        "gateway.yaml", env={"OTEL_SPARSE_REMOTE_WRITE_URL": vmagent.remote_write_url})
+    path = aggregated_path_factory(
+        vmagent_env={"OTEL_SPARSE_AGGR_SIGNED_SUMS": "sparse_attention_signed_error_sum"})
+    prom, vmagent, gateway = path.prom, path.vmagent, path.gateway
     exporter = OTLPMetricExporter(endpoint=gateway.grpc_endpoint, insecure=True)
     run_id = f"agg-d-{uuid.uuid4().hex[:8]}"
     run = f'run_id="{run_id}"'
@@ -287,18 +274,13 @@ def test_delayed_duplicated_exports_and_signed_sums(
 
 
 def test_raw_per_rank_series_opt_in(
-    collector_factory: Callable[..., Collector],
-    prometheus_factory: Callable[..., Prometheus],
-    vmagent_factory: Callable[..., Vmagent],
+    aggregated_path_factory: Callable[..., AggregatedPath],
 ) -> None:
     """keep_input: the aggregated series and the raw per-rank ones, both (debugging)."""
     from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
 
-    prom = prometheus_factory(remote_write_receiver=True, name="prom",
-                              out_of_order_window="10m")
-    vmagent = vmagent_factory(prom.remote_write_url, name="vmagent", keep_input=True)
-    gateway = collector_factory(
-        "gateway.yaml", env={"OTEL_SPARSE_REMOTE_WRITE_URL": vmagent.remote_write_url})
+    path = aggregated_path_factory(keep_input=True)
+    prom, vmagent, gateway = path.prom, path.vmagent, path.gateway
     exporter = OTLPMetricExporter(endpoint=gateway.grpc_endpoint, insecure=True)
     run_id = f"agg-k-{uuid.uuid4().hex[:8]}"
     try:
