@@ -85,10 +85,12 @@ def vmagent_bin() -> Path:
     return _built(VMAGENT_BUILD_SCRIPT)
 
 
-REMOTE_WRITE_ONLY = "yaml:service::pipelines::metrics::exporters: [prometheusremotewrite]"
-"""A second ``--config`` for gateway.yaml: remote write only, no prometheus exporter (its
-port stays closed). The 8-node aggregated layout's gateway, and the two-level layout's node
-collector (docs/cluster.md, "Layouts")."""
+REMOTE_WRITE_ONLY = CONFIG_DIR / "remote-write-only.yaml"
+"""The overlay for gateway.yaml: remote write only, no prometheus exporter (its port stays
+closed). The 8-node aggregated layout's gateway, and the two-level layout's node collector
+(docs/cluster.md, "Layouts")."""
+OVERLAYS = (REMOTE_WRITE_ONLY.name,)
+"""Shipped configs that are only valid merged over another (a second ``--config``)."""
 
 AGGREGATION_ENV = {
     "OTEL_SPARSE_AGGR_INTERVAL": "1s",
@@ -262,7 +264,7 @@ def collector_factory(otelcol_bin: Path, tmp_path: Path) -> Iterator[Callable[..
         config: str | Path,
         env: Mapping[str, str] | None = None,
         name: str | None = None,
-        overlays: Sequence[str] = (),
+        overlays: Sequence[str | Path] = (),
     ) -> Collector:
         path = Path(config)
         if not path.is_absolute() and not path.exists():

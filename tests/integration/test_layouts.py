@@ -22,7 +22,8 @@ OTEL_SPARSE_AGGR_NODE and OTEL_SPARSE_AGGR_FIRST_SAMPLE_WINDOW. The tests check:
 * a node vmagent restart (its state is in memory): nothing counted twice, nothing lost, an
   exited rank's share included; a whole node tier restart (collector and vmagent) loses
   exactly what that node's ranks logged while it was down (docs/cluster.md, "Two-level
-  aggregation"), while their per-rank event counters still count it;
+  aggregation"), while their per-rank event counters still count it; a central vmagent
+  restart loses exactly the totals of the node vmagents that stopped before it;
 * the gateway without the prometheus exporter never opens the exporter's port and gives
   the same exact totals.
 """
@@ -256,7 +257,9 @@ def test_node_vmagent_restart_and_node_restart(two_level: Callable[[int], TwoLev
 
     Restarting node 0's vmagent (nothing logged meanwhile) changes no total, rank 1's share
     included. Restarting node 0's whole tier while rank 0 logs phase 3 loses exactly rank 0's
-    phase 3 from the aggregated totals; its per-rank event counter still counts it."""
+    phase 3 from the aggregated totals; its per-rank event counter still counts it.
+    Restarting the central vmagent loses exactly the totals of node vmagents that stopped
+    before it."""
     tier = two_level(2)
     node0 = tier.nodes[0]
     group = RankGroup(tmp_path / "job", f"two-r-{uuid.uuid4().hex[:8]}", 3)
@@ -302,6 +305,12 @@ def test_node_vmagent_restart_and_node_restart(two_level: Callable[[int], TwoLev
             f'otel_sparse_events_logged_total{{run_id="{group.run_id}",rank="0"}}',
             lambda r: sorted(v for _, v in r) == [4.0 * per_rank] * len(METRICS),
             timeout=SETTLE_S)
+
+        # 3. the central vmagent restarts: every node total still sent counts in full again;
+        # lost are the totals of node 0's two stopped vmagents (ranks 0 and 1 phase 1, rank 0
+        # phase 2): each node vmagent start was a series of its own
+        tier.central.restart()
+        wait_exact(tier.prom, group.run_id, {0: [4], 2: [1, 2, 3, 4]}, tier.procs)
     finally:
         group.kill_all()
 
