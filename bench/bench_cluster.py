@@ -49,7 +49,8 @@ PORT_VARS = ("OTEL_SPARSE_OTLP_GRPC_PORT", "OTEL_SPARSE_OTLP_HTTP_PORT",
              "OTEL_SPARSE_HEALTH_PORT", "OTEL_SPARSE_PROMETHEUS_PORT",
              "OTEL_SPARSE_TELEMETRY_PORT")
 AGGREGATION_ENV = {"OTEL_SPARSE_AGGR_INTERVAL": "1s", "OTEL_SPARSE_AGGR_STALENESS": "10m",
-                   "OTEL_SPARSE_AGGR_SIGNED_SUMS": "^$"}
+                   "OTEL_SPARSE_AGGR_SIGNED_SUMS": "^$",
+                   "OTEL_SPARSE_AGGR_FIRST_SAMPLE_WINDOW": "0s", "OTEL_SPARSE_AGGR_NODE": ""}
 
 
 def value(rank: int, round_: int, step: int, layer: int, head: int, metric: int) -> float:

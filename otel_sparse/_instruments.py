@@ -89,6 +89,38 @@ def instrument_name(namespace: str, identifier: str) -> str:
     return cleaned[:255]
 
 
+# OpenMetrics reserves these name suffixes for the parts of a histogram (and summary). The
+# aggregation tier (collector-config/aggregation.yaml) matches histogram parts by name alone
+# (vmagent does not see the metric type), so a gauge or up-down counter whose Prometheus name
+# ends in one would be summed over ranks as a histogram part, a decrease read as a reset.
+HISTOGRAM_PART_SUFFIXES = ("_bucket", "_count", "_sum")
+_WORD = re.compile(r"[A-Za-z0-9]+")
+_UNIT_ANNOTATION = re.compile(r"\{[^}]*\}")
+
+
+def histogram_part_suffix(spec: MetricSpec) -> tuple[str, str] | None:
+    """(suffix, ``"identifier"`` or ``"unit"``: what gives it) when a non-histogram's
+    Prometheus name ends in a histogram part's suffix, else None.
+
+    The collector's translation (docs/collector.md, "Names in Prometheus"): the name's words
+    joined by ``_``, then a word for the unit (none for ``{...}`` annotations or an empty
+    unit; for ``1``, ``ratio`` on a gauge and none on a sum; other units by name, ``s`` ->
+    ``seconds``, and units it does not know as spelled), then ``_total`` on counters. Only
+    the last word matters here: the unit's word where there is one (a known unit's word is
+    never a reserved one), else the identifier's last word.
+    """
+    if spec.kind not in (InstrumentKind.GAUGE, InstrumentKind.UP_DOWN_COUNTER):
+        return None  # histograms own these suffixes; counters end in _total
+    unit_words = _WORD.findall(_UNIT_ANNOTATION.sub("", spec.unit))
+    if unit_words == ["1"]:
+        unit_words = ["ratio"] if spec.kind is InstrumentKind.GAUGE else []
+    words = unit_words or _WORD.findall(str(spec.identifier))
+    suffix = f"_{words[-1]}" if words else ""
+    if suffix not in HISTOGRAM_PART_SUFFIXES:
+        return None
+    return suffix, "unit" if unit_words else "identifier"
+
+
 def default_kind(dtype: type) -> InstrumentKind:
     """Numeric dtypes become histograms; everything else stays in the event file."""
     if dtype is bool:

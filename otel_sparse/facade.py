@@ -40,6 +40,7 @@ from otel_sparse._instruments import (
     DEFAULT_TIMER_BOUNDARIES,
     InstrumentKind,
     MetricSpec,
+    histogram_part_suffix,
     make_spec,
 )
 from otel_sparse._safety import printable
@@ -83,6 +84,27 @@ def _handoff_size(flush_every: Any) -> int:
     """Queued events that trigger a hand-off: ``flush_every``, but below the queue's maxlen
     (a deque(maxlen=10000) would drop the oldest events)."""
     return int(max(1, min(flush_every, QUEUE_MAXLEN - _HANDOFF_HEADROOM)))
+
+
+def _warn_histogram_part_suffix(spec: MetricSpec) -> None:
+    """Say once, at registration, that a gauge or up-down counter takes a histogram part's
+    name in Prometheus (docs/cluster.md, "Names that look like histogram parts")."""
+    found = histogram_part_suffix(spec)
+    if found is None:
+        return
+    suffix, cause = found
+    _logger.warning(
+        "otel_sparse: metric %r is %s whose Prometheus name ends in %s (from its %s), a "
+        "suffix reserved for histogram parts: behind the aggregation tier "
+        "(collector-config/aggregation.yaml matches names only) it would be summed over "
+        "ranks as a histogram %s, each decrease read as a counter reset, so its "
+        "cluster-wide value would be wrong, and the dashboards' $metric list would take it "
+        "for a histogram. The event file and the local metric rows are not affected. "
+        "Fix: rename the %s so that it does not end in %s",
+        spec.identifier,
+        "a gauge" if spec.kind is InstrumentKind.GAUGE else "an up-down-counter",
+        suffix, cause, suffix[1:], cause, suffix[1:],
+    )
 
 
 class OpenRun(Protocol):
@@ -270,6 +292,8 @@ class MicroMetricLogger(metaclass=_SingletonMeta):
             )
         spec = make_spec(identifier, dtype, kind=kind, unit=unit, description=description,
                          boundaries=boundaries, attributes=attributes, histogram=histogram)
+        if cls._metric_specs.get(identifier) != spec:  # once, not at each re-registration
+            _warn_histogram_part_suffix(spec)
         if identifier in cls._registered_metrics:
             print(f"Warning: Metric '{printable(str(identifier))}' is being re-registered")
         cls._registered_metrics[identifier] = dtype

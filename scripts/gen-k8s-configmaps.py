@@ -1,18 +1,23 @@
 #!/usr/bin/env python3
-"""Regenerate the Kubernetes ConfigMaps from the shipped Collector configs.
+"""Regenerate the Kubernetes ConfigMaps from the shipped Collector and vmagent configs.
 
-    scripts/gen-k8s-configmaps.py           # rewrite deploy/kubernetes/*-configmap.yaml
+    scripts/gen-k8s-configmaps.py           # rewrite deploy/kubernetes/**/*-configmap.yaml
     scripts/gen-k8s-configmaps.py --check   # exit 1 if they differ from what would be written
 
-collector-config/agent.yaml   -> deploy/kubernetes/agent-configmap.yaml   (otelcol-sparse-agent)
-collector-config/gateway.yaml -> deploy/kubernetes/gateway-configmap.yaml (otelcol-sparse-gateway)
-collector-config/aggregation.yaml -> deploy/kubernetes/aggregator-configmap.yaml
-                                     (otel-sparse-aggregator, key aggregation.yaml, for vmagent)
+deploy/kubernetes (agents, one gateway, one aggregator: up to about 8 nodes):
+  agent-configmap.yaml       otelcol-sparse-agent    config.yaml <- agent.yaml
+  gateway-configmap.yaml     otelcol-sparse-gateway  config.yaml <- gateway.yaml,
+                                                     remote-write-only.yaml (its overlay)
+  aggregator-configmap.yaml  otel-sparse-aggregator  aggregation.yaml (vmagent)
+deploy/kubernetes/two-level (a node collector and vmagent per node, a central vmagent):
+  node-configmap.yaml        otelcol-sparse-node     config.yaml <- gateway.yaml,
+                                                     remote-write-only.yaml
+  aggregator-configmap.yaml  otel-sparse-aggregator  aggregation.yaml (both vmagent levels)
 
-Each ConfigMap holds the file verbatim under the key config.yaml, so the cluster runs
-exactly the config that the tests exercise; environment-specific values (listen host,
-gateway endpoint, remote-write URL, memory limits) come from the workloads' env, through the
-configs' ${env:...} references. tests/deploy/test_kubernetes.py runs --check.
+Each ConfigMap holds the files verbatim, so the cluster runs exactly the configs that the
+tests exercise; environment-specific values (listen host, gateway endpoint, remote-write URL,
+memory limits, node name) come from the workloads' env, through the configs' ${env:...} and
+%{...} references. tests/deploy/test_kubernetes.py runs --check.
 """
 
 from __future__ import annotations
@@ -26,32 +31,22 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 NAMESPACE = "otel-sparse"
 
-# (source config, output manifest, ConfigMap name, component label, data key, app label)
+GATEWAY = (("collector-config/gateway.yaml", "config.yaml"),
+           ("collector-config/remote-write-only.yaml", "remote-write-only.yaml"))
+AGGREGATION = (("collector-config/aggregation.yaml", "aggregation.yaml"),)
+
+# (files as (source, data key), output manifest, ConfigMap name, component label, app label)
 CONFIGMAPS = (
-    (
-        "collector-config/agent.yaml",
-        "deploy/kubernetes/agent-configmap.yaml",
-        "otelcol-sparse-agent",
-        "agent",
-        "config.yaml",
-        "otelcol-sparse",
-    ),
-    (
-        "collector-config/gateway.yaml",
-        "deploy/kubernetes/gateway-configmap.yaml",
-        "otelcol-sparse-gateway",
-        "gateway",
-        "config.yaml",
-        "otelcol-sparse",
-    ),
-    (
-        "collector-config/aggregation.yaml",
-        "deploy/kubernetes/aggregator-configmap.yaml",
-        "otel-sparse-aggregator",
-        "aggregator",
-        "aggregation.yaml",
-        "vmagent",
-    ),
+    ((("collector-config/agent.yaml", "config.yaml"),),
+     "deploy/kubernetes/agent-configmap.yaml", "otelcol-sparse-agent", "agent", "otelcol-sparse"),
+    (GATEWAY, "deploy/kubernetes/gateway-configmap.yaml", "otelcol-sparse-gateway", "gateway",
+     "otelcol-sparse"),
+    (AGGREGATION, "deploy/kubernetes/aggregator-configmap.yaml", "otel-sparse-aggregator",
+     "aggregator", "vmagent"),
+    (GATEWAY, "deploy/kubernetes/two-level/node-configmap.yaml", "otelcol-sparse-node", "node",
+     "otelcol-sparse"),
+    (AGGREGATION, "deploy/kubernetes/two-level/aggregator-configmap.yaml",
+     "otel-sparse-aggregator", "aggregator", "vmagent"),
 )
 
 HEADER = """\
@@ -75,12 +70,13 @@ def _block_scalar(text: str, indent: str) -> str:
     return indicator + "\n" + "\n".join(lines) + "\n"
 
 
-def render(source: str, name: str, component: str, key: str = "config.yaml",
+def render(files: tuple[tuple[str, str], ...], name: str, component: str,
            app: str = "otelcol-sparse") -> str:
-    """The ConfigMap manifest for one config file, as text."""
-    text = (REPO / source).read_text(encoding="utf-8")
+    """The ConfigMap manifest holding ``files`` ((source, data key), ...), as text."""
+    texts = {key: (REPO / source).read_text(encoding="utf-8") for source, key in files}
+    header = HEADER.format(source=" and ".join(source for source, _ in files))
     manifest = (
-        HEADER.format(source=source)
+        header
         + "apiVersion: v1\n"
         + "kind: ConfigMap\n"
         + "metadata:\n"
@@ -91,16 +87,15 @@ def render(source: str, name: str, component: str, key: str = "config.yaml",
         + f"    app.kubernetes.io/component: {component}\n"
         + "    app.kubernetes.io/part-of: otel-sparse\n"
         + "data:\n"
-        + f"  {key}: "
-        + _block_scalar(text, "    ")
+        + "".join(f"  {key}: " + _block_scalar(text, "    ") for key, text in texts.items())
     )
     # Literal blocks cannot carry every string (trailing spaces on the last line, tabs in the
     # indentation, ...); fall back to PyYAML's quoting when the round trip is not exact.
-    if yaml.safe_load(manifest)["data"][key] != text:
+    if yaml.safe_load(manifest)["data"] != texts:
         doc = yaml.safe_load(manifest)
-        doc["data"][key] = text
-        manifest = HEADER.format(source=source) + yaml.safe_dump(doc, sort_keys=False, width=1000)
-    assert yaml.safe_load(manifest)["data"][key] == text
+        doc["data"] = texts
+        manifest = header + yaml.safe_dump(doc, sort_keys=False, width=1000)
+    assert yaml.safe_load(manifest)["data"] == texts
     return manifest
 
 
@@ -114,8 +109,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     stale = []
-    for source, output, name, component, key, app in CONFIGMAPS:
-        wanted = render(source, name, component, key, app)
+    for files, output, name, component, app in CONFIGMAPS:
+        wanted = render(files, name, component, app)
         path = REPO / output
         current = path.read_text(encoding="utf-8") if path.exists() else None
         if current == wanted:

@@ -302,3 +302,71 @@ class TestHints:
         notes = [r.getMessage() for r in caplog.records if "ignored" in r.getMessage()]
         assert len(notes) == 1
         assert "configure_logging(" in notes[0] and "start_run()" in notes[0]
+
+
+SUFFIX_WARNING = "suffix reserved for histogram parts"
+
+
+def _suffix_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if SUFFIX_WARNING in r.getMessage()]
+
+
+class TestHistogramSuffixes:
+    """A gauge or up-down counter whose Prometheus name ends in _count, _sum or _bucket
+    (OpenMetrics reserves them for histogram parts) is what the aggregation tier
+    (collector-config/aggregation.yaml, matched by name only) would sum over ranks as a
+    histogram part. One warning at registration, through logging; logging goes on."""
+
+    @pytest.mark.parametrize(
+        ("identifier", "kind", "unit", "suffix"),
+        [
+            ("live_blocks_count", "up_down_counter", "1", "_count"),  # no suffix for "1"
+            ("tokens_count", "gauge", "{token}", "_count"),  # annotations add none
+            ("kv_cache.sum", "gauge", "", "_sum"),  # dots become underscores
+            ("free_bucket", "gauge", "", "_bucket"),
+            ("tokens", "gauge", "count", "_count"),  # a unit kept as spelled
+        ],
+    )
+    def test_warned_once_and_logged(
+        self, fresh_logger: type[MicroMetricLogger], tmp_path: Path,
+        caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str],
+        identifier: str, kind: str, unit: str, suffix: str,
+    ) -> None:
+        sink = InMemoryMetricExporter()
+        with caplog.at_level("WARNING", logger="otel_sparse"):
+            fresh_logger.register_metric(identifier, float, kind=kind, unit=unit)
+            fresh_logger.register_metric(identifier, float, kind=kind, unit=unit)
+            logger = _logger(fresh_logger, tmp_path, sink)
+            logger.log(identifier, 3.0)
+            logger.log(identifier, 2.0)
+            logger.flush()
+        (message,) = _suffix_warnings(caplog)
+        cause = "unit" if unit == "count" else "identifier"
+        for part in (repr(identifier), kind.replace("_", "-"), f"ends in {suffix}",
+                     "aggregation.yaml", f"rename the {cause}"):
+            assert part in message, (part, message)
+        # stdout: only the contract's re-registration line
+        assert capsys.readouterr().out == (
+            f"Warning: Metric '{identifier}' is being re-registered\n")
+        expected = 5.0 if kind == "up_down_counter" else 2.0
+        assert sink.value(instrument_name("sparse_attention", identifier)) == expected
+
+    @pytest.mark.parametrize(
+        ("identifier", "kind", "unit"),
+        [
+            ("tokens_count", "gauge", "1"),  # -> ..._count_ratio
+            ("tokens_count", "gauge", "s"),  # -> ..._count_seconds
+            ("live_blocks_count", "up_down_counter", "By"),  # -> ..._count_bytes
+            ("tokens_count", "counter", "1"),  # -> ..._count_total
+            ("tokens_count", "histogram", "1"),  # -> ..._count_count, a histogram part
+            ("account", "gauge", ""),  # not a suffix
+            ("discount", "up_down_counter", "1"),
+        ],
+    )
+    def test_no_warning_where_the_name_is_not_a_histogram_part(
+        self, fresh_logger: type[MicroMetricLogger], caplog: pytest.LogCaptureFixture,
+        identifier: str, kind: str, unit: str,
+    ) -> None:
+        with caplog.at_level("WARNING", logger="otel_sparse"):
+            fresh_logger.register_metric(identifier, float, kind=kind, unit=unit)
+        assert _suffix_warnings(caplog) == []

@@ -98,7 +98,9 @@ def collector_ports(config: Mapping[str, Any]) -> dict[str, tuple[str, int]]:
     if health is not None:
         ports["health"] = host_port(health.get("endpoint", "localhost:13133"))
     exporter = config.get("exporters", {}).get("prometheus")
-    if exporter is not None:
+    pipelines = config["service"].get("pipelines", {}).values()
+    # A component no pipeline uses is never started (remote-write-only.yaml relies on it).
+    if exporter is not None and any("prometheus" in p.get("exporters", []) for p in pipelines):
         ports["prom-exporter"] = host_port(exporter["endpoint"])
     readers = config["service"].get("telemetry", {}).get("metrics", {}).get("readers", [])
     for reader in readers:
@@ -106,6 +108,17 @@ def collector_ports(config: Mapping[str, Any]) -> dict[str, tuple[str, int]]:
         if prom is not None:
             ports["metrics"] = (str(prom.get("host", "localhost")), int(prom["port"]))
     return ports
+
+
+def merge_configs(base: Any, overlay: Any) -> Any:
+    """Two ``--config`` sources merged as the Collector merges them: maps key by key,
+    anything else (lists included) replaced by the overlay's value."""
+    if isinstance(base, dict) and isinstance(overlay, dict):
+        merged = dict(base)
+        for key, value in overlay.items():
+            merged[key] = merge_configs(base[key], value) if key in base else value
+        return merged
+    return overlay
 
 
 def load_module(path: Path, name: str) -> ModuleType:

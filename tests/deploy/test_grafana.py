@@ -203,3 +203,14 @@ class TestRequiredPanels:
             "otelcol_exporter_queue_size",
         ):
             assert needle in exprs, needle
+
+
+class TestClusterWideSums:
+    def test_every_cluster_wide_sum_prefers_the_aggregated_series(self, dashboard):
+        """Every sum over X_bucket/X_count/X_sum that is not a per-rank view is written
+        prefer_aggregated(term): exact with no aggregator, the aggregator, and the aggregator
+        with the raw per-rank opt-in (tests/integration/dashboards.py, AGGREGATED)."""
+        for panel in dashboards_mod.iter_panels(dashboard):
+            for target in panel.get("targets", []):
+                expr = target.get("expr", "")
+                assert dashboards_mod.unguarded_cluster_wide(expr) == [], (panel["title"], expr)

@@ -120,3 +120,29 @@ class TestPanelQueries:
             assert queries, path.name
             for title, expr in queries:
                 assert "$" not in expr.replace("$1", ""), (path.name, title, expr)
+
+
+class TestPreferAggregated:
+    SEL = 'x_count{run_id="r"}'
+
+    def test_prefer_aggregated(self):
+        term = f"sum by (layer) (rate({self.SEL}[5m]))"
+        assert dashboards.prefer_aggregated(term) == (
+            'sum by (layer) (rate(x_count{run_id="r", rank=""}[5m])) or ' + term)
+
+    def test_unguarded_sums_are_found(self):
+        """A plain cluster-wide sum, a bare selector and a lone aggregated half are flagged."""
+        plain = f"sum by (layer, head) ({self.SEL})"
+        assert dashboards.unguarded_cluster_wide(plain) == [plain]
+        assert dashboards.unguarded_cluster_wide(f"{self.SEL} / 2") == [self.SEL]
+        half = 'sum (x_bucket{le="1", rank=""})'
+        assert dashboards.unguarded_cluster_wide(half) == [half]
+
+    def test_guarded_per_rank_and_other_series_pass(self):
+        guarded = dashboards.prefer_aggregated(f"sum by (layer) ({self.SEL})")
+        assert dashboards.unguarded_cluster_wide(f"({guarded}) / ({guarded})") == []
+        assert dashboards.unguarded_cluster_wide(
+            dashboards.prefer_aggregated("sum by (le) (rate(${metric}_bucket{a=\"b\"}[1m]))")
+            + " or sum (rate(${metric}{a=\"b\"}[1m]))") == []
+        assert dashboards.unguarded_cluster_wide('sum by (rank) (x_sum{rank!=""})') == []
+        assert dashboards.unguarded_cluster_wide("sum (rate(otel_sparse_events_logged_total[1m]))") == []

@@ -5,7 +5,9 @@ from __future__ import annotations
 import subprocess
 
 import pytest
-from _deploy import PROMETHEUS_DIR, RULE_TESTS_DIR, RULES_DIR, load_yaml
+from _deploy import PROMETHEUS_DIR, REPO, RULE_TESTS_DIR, RULES_DIR, load_module, load_yaml
+
+dashboards = load_module(REPO / "tests" / "integration" / "dashboards.py", "_dashboards")
 
 RULE_FILES = sorted(RULES_DIR.glob("*.yml"))
 RULE_TEST_FILES = sorted(RULE_TESTS_DIR.glob("*.yml"))
@@ -81,3 +83,13 @@ class TestCoverage:
             case["expr"] for test in _unit_tests() for case in test.get("promql_expr_test", [])
         ]
         assert any(record in expr for expr in exprs), f"{record}: no promql_expr_test"
+
+
+@pytest.mark.parametrize("path", RULE_FILES, ids=lambda p: p.name)
+def test_every_cluster_wide_sum_prefers_the_aggregated_series(path):
+    """As for the dashboards (test_grafana.py::TestClusterWideSums): every rule's sum over
+    classic histogram series counts each observation once in all three layouts."""
+    for group in load_yaml(path)["groups"]:
+        for rule in group["rules"]:
+            name = rule.get("record") or rule.get("alert")
+            assert dashboards.unguarded_cluster_wide(rule["expr"]) == [], (name, rule["expr"])

@@ -85,12 +85,22 @@ def vmagent_bin() -> Path:
     return _built(VMAGENT_BUILD_SCRIPT)
 
 
+REMOTE_WRITE_ONLY = CONFIG_DIR / "remote-write-only.yaml"
+"""The overlay for gateway.yaml: remote write only, no prometheus exporter (its port stays
+closed). The 8-node aggregated layout's gateway, and the two-level layout's node collector
+(docs/cluster.md, "Layouts")."""
+OVERLAYS = (REMOTE_WRITE_ONLY.name,)
+"""Shipped configs that are only valid merged over another (a second ``--config``)."""
+
 AGGREGATION_ENV = {
     "OTEL_SPARSE_AGGR_INTERVAL": "1s",
     "OTEL_SPARSE_AGGR_STALENESS": "10m",
     "OTEL_SPARSE_AGGR_SIGNED_SUMS": "^$",
+    "OTEL_SPARSE_AGGR_FIRST_SAMPLE_WINDOW": "0s",
+    "OTEL_SPARSE_AGGR_NODE": "",
 }
-"""The placeholders of aggregation.yaml, as tests set them (1 s flushes)."""
+"""The placeholders of aggregation.yaml, as tests set them (1 s flushes; one level, or the
+central vmagent of two)."""
 
 
 class _Server:
@@ -243,7 +253,8 @@ class Collector(_Server):
 def collector_factory(otelcol_bin: Path, tmp_path: Path) -> Iterator[Callable[..., Collector]]:
     """Start collectors: `collector_factory("single.yaml", env={...}, name="single")`.
 
-    `config` is a shipped config's file name or a path. Every port variable of the
+    `config` is a shipped config's file name or a path; `overlays` are further ``--config``
+    sources merged over it (e.g. REMOTE_WRITE_ONLY). Every port variable of the
     shipped configs gets a free port, OTEL_SPARSE_LISTEN_HOST is 127.0.0.1, and `env`
     adds or overrides variables. Every collector started is stopped after the test.
     """
@@ -253,6 +264,7 @@ def collector_factory(otelcol_bin: Path, tmp_path: Path) -> Iterator[Callable[..
         config: str | Path,
         env: Mapping[str, str] | None = None,
         name: str | None = None,
+        overlays: Sequence[str | Path] = (),
     ) -> Collector:
         path = Path(config)
         if not path.is_absolute() and not path.exists():
@@ -266,7 +278,7 @@ def collector_factory(otelcol_bin: Path, tmp_path: Path) -> Iterator[Callable[..
         full_env.update({var: str(ports[key]) for key, var in PORT_VARS.items()})
         full_env.update(env or {})
         proc = ManagedProcess(
-            [otelcol_bin, "--config", path],
+            [otelcol_bin, "--config", path, *(f"--config={o}" for o in overlays)],
             tmp_path / f"{label}.log",
             env=full_env,
             name=label,

@@ -19,7 +19,8 @@ import re
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
-__all__ = ["BUILTIN_DEFAULTS", "iter_panels", "panel_queries", "substitute"]
+__all__ = ["AGGREGATED", "BUILTIN_DEFAULTS", "iter_panels", "panel_queries", "prefer_aggregated",
+           "substitute", "unguarded_cluster_wide"]
 
 # What Grafana would put in for a 1 h range, a 15 s step and a 15 s scrape interval.
 # $__rate_interval is max($__interval + scrape interval, 4 * scrape interval).
@@ -40,6 +41,21 @@ _VARIABLE = re.compile(
     r"|\[\[(?P<bracket>\w+)(?::(?P<bracket_fmt>[^\]]+))?\]\]"
     r"|\$(?P<plain>\w+)"
 )
+
+# The cluster-wide views over the classic histogram series (X_bucket, X_count, X_sum). With
+# the aggregation tier (collector-config/aggregation.yaml: summed over ranks `without: [rank,
+# ...]`) they are stored once, rank-less; with its raw per-rank opt-in every rank's series are
+# stored beside them, and without the tier only those are. A cluster-wide total must count
+# each observation once in all three layouts, so every sum over these series in the
+# dashboards and recording rules is written ``prefer_aggregated(term)``:
+#     sum by (layer, head) (X_count{..., rank=""}) or sum by (layer, head) (X_count{...})
+# `or` keeps the right-hand (per-rank) sum only for the label sets the aggregated one lacks.
+# The library always sets `rank` (otel_sparse/resource.py), so without the tier the left-hand
+# side is empty. Per-rank views (`rank!=""`) read the raw series as they are.
+AGGREGATED = 'rank=""'
+PER_RANK = 'rank!=""'
+_CLASSIC_SELECTOR = re.compile(r"((?:\w|\$\{\w+\})+_(?:bucket|count|sum))\{([^}]*)\}")
+_SUM = re.compile(r"\bsum\s*(?:by\s*\([^)]*\)\s*)?\(")
 
 _REGEX_SPECIAL = re.compile(r"([\\^$.|?*+()\[\]{}])")
 
@@ -136,3 +152,45 @@ def panel_queries(
                 continue
             queries.append((panel.get("title", ""), substitute(expr, variables, dashboard)))
     return queries
+
+
+def prefer_aggregated(term: str) -> str:
+    """A sum over classic histogram series, over the aggregated series where they exist,
+    else over the per-rank ones (see ``AGGREGATED``)."""
+    aggregated = _CLASSIC_SELECTOR.sub(lambda m: f"{m[1]}{{{m[2]}, {AGGREGATED}}}", term)
+    return f"{aggregated} or {term}"
+
+
+def _sum_terms(expr: str) -> Iterator[tuple[int, int]]:
+    """(start, end) of every ``sum [by (...)] (...)`` in ``expr``, nested ones too."""
+    for match in _SUM.finditer(expr):
+        depth = 0
+        for end in range(match.end() - 1, len(expr)):
+            depth += {"(": 1, ")": -1}.get(expr[end], 0)
+            if depth == 0:
+                yield match.start(), end + 1
+                break
+
+
+def unguarded_cluster_wide(expr: str) -> list[str]:
+    """The parts of a query that read classic histogram series cluster-wide without
+    ``prefer_aggregated``: [] when every such read counts each observation once.
+
+    A selector with ``rank!=""`` is a per-rank view and needs nothing. Every other selector
+    of X_bucket/X_count/X_sum must sit in a ``sum`` term written ``prefer_aggregated(T)``.
+    """
+    flat = re.sub(r"\s+", " ", expr)
+    terms = [flat[a:b] for a, b in _sum_terms(flat)
+             if _CLASSIC_SELECTOR.search(flat[a:b]) and PER_RANK not in flat[a:b]]
+    bad = []
+    for term in terms:
+        plain = term.replace(f", {AGGREGATED}}}", "}")
+        if prefer_aggregated(plain) not in flat:
+            bad.append(term)
+    covered = [(a, b) for a, b in _sum_terms(flat)]
+    for match in _CLASSIC_SELECTOR.finditer(flat):
+        if PER_RANK in match[2]:
+            continue
+        if not any(a <= match.start() and match.end() <= b for a, b in covered):
+            bad.append(match[0])
+    return bad

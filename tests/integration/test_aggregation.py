@@ -311,6 +311,12 @@ def test_shipped_config_validates(vmagent_bin: Path, tmp_path: Path) -> None:
     ok = subprocess.run(args, env={**base, **AGGREGATION_ENV}, capture_output=True, text=True,
                         check=False, timeout=60)
     assert ok.returncode == 0, ok.stderr[-2000:]
+    # the node level of the two-level layout (docs/cluster.md, "Two-level aggregation")
+    node = {**AGGREGATION_ENV, "OTEL_SPARSE_AGGR_FIRST_SAMPLE_WINDOW": "2m",
+            "OTEL_SPARSE_AGGR_NODE": "gpu-node-017@1765000000"}
+    ok = subprocess.run(args, env={**base, **node}, capture_output=True, text=True,
+                        check=False, timeout=60)
+    assert ok.returncode == 0, ok.stderr[-2000:]
     unset = subprocess.run(args, env=base, capture_output=True, text=True, check=False,
                            timeout=60)
     # an unset %{VAR} stays in the text, which is then no YAML: vmagent refuses to start

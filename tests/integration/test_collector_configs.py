@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import AGGREGATION_CONFIG, CONFIG_DIR, SHIPPED_CONFIGS
+from conftest import AGGREGATION_CONFIG, CONFIG_DIR, OVERLAYS, REMOTE_WRITE_ONLY, SHIPPED_CONFIGS
 
 pytestmark = pytest.mark.integration
 
@@ -48,7 +48,7 @@ def test_shipped_configs_are_all_listed() -> None:
     test_shipped_config_validates runs `vmagent -dryRun` on it.
     """
     found = {p.name for p in CONFIG_DIR.glob("*.yaml")} - {"manifest.yaml", AGGREGATION_CONFIG.name}
-    assert found == set(SHIPPED_CONFIGS)
+    assert found == {*SHIPPED_CONFIGS, *OVERLAYS}
 
 
 @pytest.mark.parametrize("config", SHIPPED_CONFIGS)
@@ -58,6 +58,21 @@ def test_shipped_config_validates(otelcol_bin: Path, config: str) -> None:
         otelcol_bin, "validate", "--config", str(CONFIG_DIR / config), env=REQUIRED_ENV
     )
     assert done.returncode == 0, done.stderr
+
+
+def test_remote_write_only_gateway_validates(otelcol_bin: Path, tmp_path: Path) -> None:
+    """gateway.yaml + remote-write-only.yaml (the 8-node aggregated gateway, the 128-node
+    node collector) validates; a typo in the overlay's exporter list does not."""
+    gateway = str(CONFIG_DIR / "gateway.yaml")
+    done = run_otelcol(otelcol_bin, "validate", "--config", gateway,
+                       "--config", str(REMOTE_WRITE_ONLY), env=REQUIRED_ENV)
+    assert done.returncode == 0, done.stderr
+    typo = tmp_path / "typo.yaml"
+    typo.write_text(REMOTE_WRITE_ONLY.read_text().replace("[prometheusremotewrite]",
+                                                          "[prometheusremotewrit]"))
+    done = run_otelcol(otelcol_bin, "validate", "--config", gateway, "--config", str(typo),
+                       env=REQUIRED_ENV)
+    assert done.returncode != 0 and "prometheusremotewrit" in done.stderr, done.stderr
 
 
 @pytest.mark.parametrize(
