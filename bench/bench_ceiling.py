@@ -1,8 +1,11 @@
 """The collector tier's ceiling: saturating load into the aggregated layout, CPU per tier.
 
-Run (one line; the lead's rerun on a quiet machine):
+Run (one line; the table of docs/cluster.md, "The collector tier's ceiling", about 12 min):
 
-    .venv/bin/python bench/bench_ceiling.py --rates 25000,50000,100000,0 --repeat 2
+    .venv/bin/python bench/bench_ceiling.py --table
+
+or one mix of rates and variants, alternated, e.g.
+``--rates 3000,15000 --variants base,noprom --repeat 2`` (``--profile``: gateway CPU by stage).
 
     sender processes (pre-encoded OTLP requests, raw gRPC, several in flight)
       --> agents (agent.yaml) --> gateway (gateway.yaml)
@@ -97,7 +100,8 @@ class Variant:
     """Whether the gateway's remote write carries the points (``drained`` waits for it)."""
 
 
-NO_PROM = "yaml:service::pipelines::metrics::exporters: [prometheusremotewrite]"
+NO_PROM = str(bench_cluster.REPO / "collector-config" / "remote-write-only.yaml")
+"""The shipped overlay: the aggregated layout's gateway without the prometheus exporter."""
 PRW_WORKERS = "--feature-gates=exporter.prometheusremotewritexporter.EnableMultipleWorkers"
 SLIM_RESOURCE = (
     "yaml:processors::resource/slim::attributes: [{key: process.pid, action: delete}, "
@@ -552,6 +556,17 @@ def _profile_stages(path: Path) -> dict[str, float]:
 # -- command line -----------------------------------------------------------------------------
 
 
+TABLE: tuple[tuple[str, str, float], ...] = (
+    # (variant, sink, offered points/s): docs/cluster.md's table, pairs alternated
+    ("intake", "drop", 50_000), ("intake", "drop", 100_000), ("intake", "drop", 150_000),
+    ("base", "drop", 3_000), ("noprom", "drop", 3_000),
+    ("base", "drop", 3_000), ("noprom", "drop", 3_000),
+    ("base", "drop", 15_000), ("base", "drop", 15_000),
+    ("base", "aggregation", 3_000),
+)
+"""What ``--table`` runs."""
+
+
 def _print_row(row: CeilingRow) -> None:
     cores = " / ".join(f"{row.cores[t]:.2f}" for t in TIERS)
     us = " / ".join(f"{row.us_per_point[t]:.1f}" for t in TIERS)
@@ -587,6 +602,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=5.0)
     parser.add_argument("--window", type=float, default=15.0)
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--table", action="store_true",
+                        help="run docs/cluster.md's table (TABLE) instead of --rates/--variants")
     parser.add_argument("--json", action="store_true")
     # sender mode (internal)
     parser.add_argument("--sender", action="store_true")
@@ -614,17 +631,20 @@ def main() -> None:
               f"{'gateway/s':>9} {'rw pts/s':>8} {'refused':>7} {'failed':>7} {'queues':>9} "
               f"{'cores ' + '/'.join(TIERS):>30} {'us/pt (same order)':>30} "
               f"{'gw MiB':>6} {'load 1m':>9} {'busy':>4} {'drained':>7}")
-    for rate in (float(r) for r in args.rates.split(",")):
-        for _ in range(args.repeat):
-            for variant in variants:
-                row = ceiling(args.ranks, args.layers, args.heads, metrics=args.metrics,
-                              rate=rate, variant=variant, sink=args.sink, procs=args.procs,
-                              agents=args.agents, in_flight=args.in_flight,
-                              warmup_s=args.warmup, window_s=args.window, profile=args.profile)
-                if args.json:
-                    print(json.dumps(asdict(row)), flush=True)
-                else:
-                    _print_row(row)
+    plan = list(TABLE) if args.table else [
+        (variant, args.sink, float(rate)) for rate in args.rates.split(",")
+        for _ in range(args.repeat) for variant in variants]
+    for variant, sink, rate in plan:
+        print(f"# load average {os.getloadavg()[0]:.2f} before {variant} {sink} {rate:,.0f}/s",
+              file=sys.stderr, flush=True)
+        row = ceiling(args.ranks, args.layers, args.heads, metrics=args.metrics, rate=rate,
+                      variant=variant, sink=sink, procs=args.procs, agents=args.agents,
+                      in_flight=args.in_flight, warmup_s=args.warmup, window_s=args.window,
+                      profile=args.profile)
+        if args.json:
+            print(json.dumps(asdict(row)), flush=True)
+        else:
+            _print_row(row)
     if not args.json:
         print(f"cores: CPU seconds per second over the window, tiers in the order {TIERS}; "
               f"us/pt: CPU µs per point the gateway accepted (senders: per point offered); "
