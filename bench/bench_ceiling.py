@@ -21,7 +21,8 @@ time: identical timestamps would be skipped by vmagent as duplicates and make th
 path cheaper than a real job's) and sends them over a raw gRPC channel (identity serializer),
 ``--in-flight`` requests per sender process. ``--rates``: total offered points/s, open loop
 (a sender that has ``--in-flight`` requests outstanding waits, so it offers less: the row
-shows what was offered); ``0`` is as fast as possible.
+shows what was offered); ``0`` is as fast as possible (closed loop: ``--in-flight`` requests
+per sender, and a pause of 0.2 s after a refused one).
 
 One row per run (``--json``: one JSON object per line), all figures over the measuring window
 (``--window`` s after ``--warmup`` s): offered points/s; points/s accepted and refused by the
@@ -31,7 +32,10 @@ the end of the window; CPU cores used by each tier (senders, agents, gateway, vm
 Prometheus), µs of CPU per point the gateway accepted, RSS; the 1-minute load average and the
 busy cores of the whole machine. After the window the senders stop and the bench waits for the
 pipeline to drain, then records whether every point the senders had acknowledged was counted
-accepted by the agents and by the gateway (``drained``).
+accepted by the agents and by the gateway and sent on by its remote write (``drained``).
+``rw pts/s`` (``remote_write_points_per_s``) is what the gateway's remote write sent: when it
+stays below the gateway's accepted rate, the remote-write queue grows and the sustained
+ceiling is the remote-write rate.
 
 ``--profile``: the gateway runs with the pprof extension (a ``--config yaml:`` overlay) and a
 CPU profile is taken over the window; the row gets the share of CPU per pipeline stage
@@ -78,15 +82,55 @@ TIME_TAG = b"\x19"
 TIERS = ("senders", "agents", "gateway", "vmagent", "prometheus")
 TARGET_POINTS_PER_S = 100_000
 
-VARIANTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    # name: (gateway overlays, agent overlays), merged over gateway.yaml / agent.yaml
-    "base": ((), ()),
+
+@dataclass(frozen=True)
+class Variant:
+    """Config changes merged over the shipped agent.yaml / gateway.yaml for one run."""
+
+    gateway: tuple[str, ...] = ()
+    """--config sources of the gateway (``yaml:...`` overlays)."""
+    agent: tuple[str, ...] = ()
+    """--config sources of every agent."""
+    gateway_args: tuple[str, ...] = ()
+    """Further command-line flags of the gateway."""
+    remote_write: bool = True
+    """Whether the gateway's remote write carries the points (``drained`` waits for it)."""
+
+
+NO_PROM = "yaml:service::pipelines::metrics::exporters: [prometheusremotewrite]"
+PRW_WORKERS = "--feature-gates=exporter.prometheusremotewritexporter.EnableMultipleWorkers"
+SLIM_RESOURCE = (
+    "yaml:processors::resource/slim::attributes: [{key: process.pid, action: delete}, "
+    "{key: telemetry.sdk.language, action: delete}, {key: telemetry.sdk.name, action: delete}, "
+    "{key: telemetry.sdk.version, action: delete}]",
+    "yaml:service::pipelines::metrics::processors: "
+    "[memory_limiter, resource/slim, deltatocumulative, batch]")
+
+VARIANTS: dict[str, Variant] = {
+    "base": Variant(),
     # the gateway of the aggregated layout without the prometheus exporter (remote write only)
-    "noprom": (("yaml:service::pipelines::metrics::exporters: [prometheusremotewrite]",), ()),
-    # agent -> gateway without gzip (the otlp exporter's default compression)
-    "nogzip": ((), ("yaml:exporters::otlp_grpc::compression: none",)),
-    "snappy": ((), ("yaml:exporters::otlp_grpc::compression: snappy",)),
-    "zstd": ((), ("yaml:exporters::otlp_grpc::compression: zstd",)),
+    "noprom": Variant(gateway=(NO_PROM,)),
+    # remote write translating batches in num_consumers (2) goroutines instead of one
+    "workers": Variant(gateway_args=(PRW_WORKERS,)),
+    "noprom-workers": Variant(gateway=(NO_PROM,), gateway_args=(PRW_WORKERS,)),
+    # resource attributes nobody queries deleted before the exporters (fewer labels per sample)
+    "slim": Variant(gateway=SLIM_RESOURCE),
+    # the collector tier's intake alone: receive, deltatocumulative, batch, the prometheus
+    # exporter's accumulation (not scraped); no remote write
+    "intake": Variant(gateway=("yaml:service::pipelines::metrics::exporters: [prometheus]",),
+                      remote_write=False),
+    "noprom-slim": Variant(gateway=(NO_PROM, *SLIM_RESOURCE)),
+    # what it would take: the gateway sends OTLP to vmagent, which turns histograms into
+    # _bucket/_sum/_count itself (no remote-write translation in the collector). Not a
+    # drop-in: vmagent's labels differ (no job/instance), so only the CPU is measured.
+    "otlp2vm": Variant(gateway=(
+        "yaml:exporters::otlp_http/vm::metrics_endpoint: "
+        "${env:OTEL_SPARSE_VMAGENT_URL}/opentelemetry/v1/metrics",
+        "yaml:service::pipelines::metrics::exporters: [otlp_http/vm]"), remote_write=False),
+    # agent -> gateway without gzip (the otlp exporter's default compression), or snappy/zstd
+    "nogzip": Variant(agent=("yaml:exporters::otlp_grpc::compression: none",)),
+    "snappy": Variant(agent=("yaml:exporters::otlp_grpc::compression: snappy",)),
+    "zstd": Variant(agent=("yaml:exporters::otlp_grpc::compression: zstd",)),
 }
 
 
@@ -166,8 +210,11 @@ def sender(args: argparse.Namespace) -> None:
     period = sum(r.points for r in reqs) / len(reqs) / points_per_s if points_per_s else 0.0
     due = time.monotonic()
     last_status = due
-    i = 0
+    i = seen_errors = 0
     while not stop.exists():
+        if not period and counts["errors"] > seen_errors:
+            seen_errors = counts["errors"]  # refused (memory_limiter): back off, then go on
+            time.sleep(0.2)
         if period:
             due += period
             pause = due - time.monotonic()
@@ -275,6 +322,7 @@ class CeilingRow:
     points_acked: int = 0
     agents_accepted: int = 0
     gateway_accepted: int = 0
+    remote_write_sent: int = 0
     drained: bool = False
     profile_stages: dict[str, float] = field(default_factory=dict)
     workdir: str = ""
@@ -292,18 +340,20 @@ def _sender_counts(statuses: Sequence[Path]) -> dict[str, float]:
 def ceiling(ranks: int = 16, layers: int = 32, heads: int = 32, *, metrics: int = 2,
             rate: float = 0.0, variant: str = "base", sink: str = "drop", procs: int = 2,
             agents: int = 2, in_flight: int = 4, warmup_s: float = 5.0, window_s: float = 15.0,
-            drain_s: float = 120.0, profile: bool = False,
+            drain_s: float = 60.0, profile: bool = False,
             workdir: str | None = None) -> CeilingRow:
     """Start the pipeline (``variant``'s overlays), offer ``rate`` points/s, measure, stop."""
     import psutil
 
     work = Path(workdir or tempfile.mkdtemp(prefix="bench-ceiling-"))
-    gateway_overlays, agent_overlays = VARIANTS[variant]
+    chosen = VARIANTS[variant]
+    gateway_overlays = chosen.gateway
     pprof_port = bench_cluster._free_ports(1)[0]
     if profile:
         gateway_overlays = (*gateway_overlays, *pprof_overlay(pprof_port))
     with bench_cluster.pipeline(work, agents, sink=sink, gateway_configs=gateway_overlays,
-                                agent_configs=agent_overlays) as pipe:
+                                agent_configs=chosen.agent,
+                                gateway_args=chosen.gateway_args) as pipe:
         run_id = f"ceiling-{uuid.uuid4().hex[:8]}"
         per_proc = math.ceil(ranks / procs)
         go, stop = work / "go", work / "stop"
@@ -374,9 +424,12 @@ def ceiling(ranks: int = 16, layers: int = 32, heads: int = 32, *, metrics: int 
         acked = _sender_counts(statuses)
         deadline, drained = time.monotonic() + drain_s, False
         while time.monotonic() < deadline:
-            end = collectors("agents")["accepted"], collectors("gateway")["accepted"]
-            drained = (end[0] - base.agents["accepted"] == acked["ok"]
-                       and end[1] - base.gateway["accepted"] == acked["ok"])
+            gateway = collectors("gateway")
+            end = (collectors("agents")["accepted"], gateway["accepted"],
+                   gateway["remote_write_sent"])
+            drained = all(e - b == acked["ok"] for e, b in list(zip(end, (
+                base.agents["accepted"], base.gateway["accepted"],
+                base.gateway["remote_write_sent"])))[:3 if chosen.remote_write else 2])
             if drained:
                 break
             time.sleep(0.2)
@@ -387,7 +440,7 @@ def ceiling(ranks: int = 16, layers: int = 32, heads: int = 32, *, metrics: int 
 
 def _row(variant: str, sink: str, ranks: int, layers: int, heads: int, metrics: int,
          rate: float, a: Snapshot, b: Snapshot, base: Snapshot, acked: dict[str, float],
-         end: tuple[float, float], drained: bool, stages: dict[str, float], work: str
+         end: tuple[float, float, float], drained: bool, stages: dict[str, float], work: str
          ) -> CeilingRow:
     dt = b.t - a.t
 
@@ -427,6 +480,7 @@ def _row(variant: str, sink: str, ranks: int, layers: int, heads: int, metrics: 
         points_sent=int(acked["sent"]), points_acked=int(acked["ok"]),
         agents_accepted=int(end[0] - base.agents["accepted"]),
         gateway_accepted=int(end[1] - base.gateway["accepted"]),
+        remote_write_sent=int(end[2] - base.gateway["remote_write_sent"]),
         drained=drained, profile_stages=stages, workdir=work)
 
 
@@ -503,7 +557,7 @@ def _print_row(row: CeilingRow) -> None:
     us = " / ".join(f"{row.us_per_point[t]:.1f}" for t in TIERS)
     print(f"{row.variant:8} {row.sink:11} {row.target_points_per_s:>8,.0f} "
           f"{row.offered_points_per_s:>9,.0f} {row.agents_accepted_points_per_s:>9,.0f} "
-          f"{row.gateway_accepted_points_per_s:>9,.0f} "
+          f"{row.gateway_accepted_points_per_s:>9,.0f} {row.remote_write_points_per_s:>8,.0f} "
           f"{row.agents_refused_points_per_s + row.gateway_refused_points_per_s:>7,.0f} "
           f"{row.agents_send_failed_points_per_s + row.gateway_send_failed_points_per_s:>7,.0f} "
           f"{row.agents_queue_size:>4,.0f}/{row.gateway_queue_size:<4,.0f} "
@@ -557,7 +611,7 @@ def main() -> None:
         parser.error(f"unknown variants {unknown}; known: {', '.join(VARIANTS)}")
     if not args.json:
         print(f"{'variant':8} {'sink':11} {'target/s':>8} {'offered/s':>9} {'agents/s':>9} "
-              f"{'gateway/s':>9} {'refused':>7} {'failed':>7} {'queues':>9} "
+              f"{'gateway/s':>9} {'rw pts/s':>8} {'refused':>7} {'failed':>7} {'queues':>9} "
               f"{'cores ' + '/'.join(TIERS):>30} {'us/pt (same order)':>30} "
               f"{'gw MiB':>6} {'load 1m':>9} {'busy':>4} {'drained':>7}")
     for rate in (float(r) for r in args.rates.split(",")):

@@ -223,11 +223,13 @@ it isolates the collector tier's cost from aggregation and storage)."""
 def pipeline(work: Path, agents: int = 2, *, sink: str = "aggregation",
              gateway_configs: Sequence[str] = (), agent_configs: Sequence[str] = (),
              gateway_env: dict[str, str] | None = None,
-             agent_env: dict[str, str] | None = None) -> Iterator[Pipeline]:
+             agent_env: dict[str, str] | None = None,
+             gateway_args: Sequence[str] = ()) -> Iterator[Pipeline]:
     """Start Prometheus, vmagent, the gateway (gateway.yaml) and ``agents`` agents (agent.yaml).
 
     ``gateway_configs`` / ``agent_configs``: further ``--config`` sources the collector merges
-    over the shipped file (``yaml:...`` overlays, e.g. ``PPROF_OVERLAY``).
+    over the shipped file (``yaml:...`` overlays, e.g. bench_ceiling's pprof overlay);
+    ``gateway_args``: further command-line flags of the gateway (``--feature-gates=...``).
     """
     if sink not in SINKS:
         raise ValueError(f"sink must be one of {SINKS}, not {sink!r}")
@@ -235,14 +237,15 @@ def pipeline(work: Path, agents: int = 2, *, sink: str = "aggregation",
     otelcol, vmagent = _binary("build-collector.sh"), _binary("build-vmagent.sh")
     p = Pipeline(work=work, prom="", vmagent="", gateway={}, agents=[], running={}, logs=[])
 
-    def collector(config: str, overlays: Sequence[str], extra: dict[str, str], tier: str
-                  ) -> dict[str, int]:
+    def collector(config: str, overlays: Sequence[str], extra: dict[str, str], tier: str,
+                  flags: Sequence[str] = ()) -> dict[str, int]:
         ports = dict(zip(PORT_VARS, _free_ports(len(PORT_VARS))))
         env = {"OTEL_SPARSE_LISTEN_HOST": LOOPBACK, **{k: str(v) for k, v in ports.items()},
                **extra}
         args = [otelcol, "--config", str(REPO / "collector-config" / config)]
         for overlay in overlays:
             args += ["--config", overlay]
+        args += flags
         proc = p.start(tier, args, env)
         _wait_ok(f"http://{LOOPBACK}:{ports['OTEL_SPARSE_HEALTH_PORT']}/", proc)
         return ports
@@ -273,8 +276,9 @@ def pipeline(work: Path, agents: int = 2, *, sink: str = "aggregation",
         proc = p.start("vmagent", vm_args, AGGREGATION_ENV)
         _wait_ok(f"{p.vmagent}/health", proc)
         p.gateway = collector("gateway.yaml", gateway_configs, {
-            "OTEL_SPARSE_REMOTE_WRITE_URL": f"{p.vmagent}/api/v1/write", **(gateway_env or {})},
-            "gateway")
+            "OTEL_SPARSE_REMOTE_WRITE_URL": f"{p.vmagent}/api/v1/write",
+            "OTEL_SPARSE_VMAGENT_URL": p.vmagent, **(gateway_env or {})},
+            "gateway", gateway_args)
         p.agents = [collector("agent.yaml", agent_configs, {
             "OTEL_SPARSE_GATEWAY_ENDPOINT": f"{LOOPBACK}:{p.gateway['OTEL_SPARSE_OTLP_GRPC_PORT']}",
             "OTEL_SPARSE_AGENT_QUEUE_SIZE": "10000", **(agent_env or {})}, "agents")
