@@ -131,11 +131,21 @@ VARIANTS: dict[str, Variant] = {
         "yaml:exporters::otlp_http/vm::metrics_endpoint: "
         "${env:OTEL_SPARSE_VMAGENT_URL}/opentelemetry/v1/metrics",
         "yaml:service::pipelines::metrics::exporters: [otlp_http/vm]"), remote_write=False),
-    # agent -> gateway without gzip (the otlp exporter's default compression), or snappy/zstd
-    "nogzip": Variant(agent=("yaml:exporters::otlp_grpc::compression: none",)),
+    # agent -> gateway compression other than agent.yaml's zstd: gzip (the otlp exporter's
+    # default, shipped before), none, snappy
+    "gzip": Variant(agent=("yaml:exporters::otlp_grpc::compression: gzip",)),
+    "nocompress": Variant(agent=("yaml:exporters::otlp_grpc::compression: none",)),
     "snappy": Variant(agent=("yaml:exporters::otlp_grpc::compression: snappy",)),
-    "zstd": Variant(agent=("yaml:exporters::otlp_grpc::compression: zstd",)),
 }
+
+
+def variant_of(name: str) -> Variant:
+    """A VARIANTS entry, or several joined by ``+`` (``intake+nogzip``): their changes merged."""
+    parts = [VARIANTS[n] for n in name.split("+")]
+    return Variant(gateway=tuple(o for v in parts for o in v.gateway),
+                   agent=tuple(o for v in parts for o in v.agent),
+                   gateway_args=tuple(a for v in parts for a in v.gateway_args),
+                   remote_write=all(v.remote_write for v in parts))
 
 
 def pprof_overlay(port: int) -> tuple[str, ...]:
@@ -350,7 +360,7 @@ def ceiling(ranks: int = 16, layers: int = 32, heads: int = 32, *, metrics: int 
     import psutil
 
     work = Path(workdir or tempfile.mkdtemp(prefix="bench-ceiling-"))
-    chosen = VARIANTS[variant]
+    chosen = variant_of(variant)
     gateway_overlays = chosen.gateway
     pprof_port = bench_cluster._free_ports(1)[0]
     if profile:
@@ -589,7 +599,7 @@ def main() -> None:
     parser.add_argument("--rates", default="0",
                         help="comma-separated offered points/s (0: as fast as possible)")
     parser.add_argument("--variants", default="base",
-                        help=f"comma-separated, alternated: {', '.join(VARIANTS)}")
+                        help=f"comma-separated, alternated; a+b merges two: {', '.join(VARIANTS)}")
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--sink", choices=bench_cluster.SINKS, default="drop")
     parser.add_argument("--ranks", type=int, default=16)
@@ -623,7 +633,7 @@ def main() -> None:
         sender(args)
         return
     variants = args.variants.split(",")
-    unknown = [v for v in variants if v not in VARIANTS]
+    unknown = [p for v in variants for p in v.split("+") if p not in VARIANTS]
     if unknown:
         parser.error(f"unknown variants {unknown}; known: {', '.join(VARIANTS)}")
     if not args.json:
