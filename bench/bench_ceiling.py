@@ -1,6 +1,6 @@
 """The collector tier's ceiling: saturating load into the aggregated layout, CPU per tier.
 
-Run (one line; the table of docs/cluster.md, "The collector tier's ceiling", about 12 min):
+Run (one line; the table of docs/cluster.md, "The collector tier's ceiling", about 15 min):
 
     .venv/bin/python bench/bench_ceiling.py --table
 
@@ -527,7 +527,7 @@ STAGES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("deltatocumulative", ("deltatocumulativeprocessor.",)),
     ("batch", ("batchprocessor.",)),
     ("memory_limiter", ("memorylimiter",)),
-    ("OTLP receive: gzip decompress", ("compress/gzip", "compress/flate",
+    ("OTLP receive: decompress (gzip, zstd)", ("compress/gzip", "compress/flate",
                                        "klauspost/compress")),
     ("OTLP receive: proto unmarshal", ("pmetricotlp.", "pmetric.", "internal/data/protogen",
                                        "pdata/internal", "protobuf/proto.Unmarshal")),
@@ -569,9 +569,12 @@ def _profile_stages(path: Path) -> dict[str, float]:
 TABLE: tuple[tuple[str, str, float], ...] = (
     # (variant, sink, offered points/s): docs/cluster.md's table, pairs alternated
     ("intake", "drop", 50_000), ("intake", "drop", 100_000), ("intake", "drop", 150_000),
+    ("intake+gzip", "drop", 100_000), ("intake", "drop", 100_000),
+    ("intake+gzip", "drop", 100_000), ("intake", "drop", 100_000),
     ("base", "drop", 3_000), ("noprom", "drop", 3_000),
     ("base", "drop", 3_000), ("noprom", "drop", 3_000),
     ("base", "drop", 15_000), ("base", "drop", 15_000),
+    ("otlp2vm", "drop", 20_000),
     ("base", "aggregation", 3_000),
 )
 """What ``--table`` runs."""
