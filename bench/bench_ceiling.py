@@ -328,6 +328,9 @@ class CeilingRow:
     gateway_send_failed_points_per_s: float
     gateway_queue_size: float
     remote_write_points_per_s: float
+    sustained_points_per_s: float
+    """What the whole collector tier carried: the gateway's accepted rate, or its remote
+    write's when that is lower (its queue grows: past the ceiling)."""
     vmagent_samples_per_s: float
     cores: dict[str, float] = field(default_factory=dict)
     us_per_point: dict[str, float] = field(default_factory=dict)
@@ -448,14 +451,14 @@ def ceiling(ranks: int = 16, layers: int = 32, heads: int = 32, *, metrics: int 
                 break
             time.sleep(0.2)
         stages = _profile_stages(work / "gateway.pprof") if profile else {}
-    return _row(variant, sink, ranks, layers, heads, metrics, rate, first_snap, last_snap,
-                base, acked, end, drained, stages, str(work))
+    return _row(variant, sink, chosen.remote_write, ranks, layers, heads, metrics, rate,
+                first_snap, last_snap, base, acked, end, drained, stages, str(work))
 
 
-def _row(variant: str, sink: str, ranks: int, layers: int, heads: int, metrics: int,
-         rate: float, a: Snapshot, b: Snapshot, base: Snapshot, acked: dict[str, float],
-         end: tuple[float, float, float], drained: bool, stages: dict[str, float], work: str
-         ) -> CeilingRow:
+def _row(variant: str, sink: str, remote_write: bool, ranks: int, layers: int, heads: int,
+         metrics: int, rate: float, a: Snapshot, b: Snapshot, base: Snapshot,
+         acked: dict[str, float], end: tuple[float, float, float], drained: bool,
+         stages: dict[str, float], work: str) -> CeilingRow:
     dt = b.t - a.t
 
     def per_s(x: float, y: float) -> float:
@@ -489,6 +492,10 @@ def _row(variant: str, sink: str, ranks: int, layers: int, heads: int, metrics: 
         gateway_queue_size=b.gateway["queue_size"],
         remote_write_points_per_s=per_s(a.gateway["remote_write_sent"],
                                         b.gateway["remote_write_sent"]),
+        sustained_points_per_s=min(
+            per_s(a.gateway["accepted"], b.gateway["accepted"]),
+            per_s(a.gateway["remote_write_sent"], b.gateway["remote_write_sent"])
+            if remote_write else math.inf),
         vmagent_samples_per_s=per_s(a.vmagent_rows, b.vmagent_rows),
         cores=cores, us_per_point=us, rss_mib={t: round(v, 1) for t, v in b.rss_mib.items()},
         points_sent=int(acked["sent"]), points_acked=int(acked["ok"]),

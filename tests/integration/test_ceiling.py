@@ -47,6 +47,7 @@ def test_every_offered_point_accepted_and_senders_reported_apart(
     assert set(row.cores) == set(bench_ceiling.TIERS)
     assert row.cores["senders"] > 0 and row.cores["gateway"] > 0
     assert row.offered_points_per_s > 0 and row.gateway_accepted_points_per_s > 0
+    assert 0 < row.sustained_points_per_s <= row.gateway_accepted_points_per_s
     for f in dataclasses.fields(row):
         value = getattr(row, f.name)
         assert value is not None, f.name
