@@ -186,10 +186,18 @@ def sender(args: argparse.Namespace) -> None:
     """Play ranks [first, last) at ``args.rate`` points/s (0: as fast as ``in_flight`` allows)."""
     import grpc  # type: ignore[import-untyped, unused-ignore]
 
+    from otel_sparse.resource import ProcessIdentity
+
     reqs = []
     for rank in range(args.first, args.last):
         sim = SimulatedRank(args.run_id, rank, args.world, args.node, args.layers, args.heads,
                             args.metrics)
+        # the library's own resource (telemetry.sdk.* included): every attribute becomes a
+        # label on each of the 29 remote-write series of a point, so the count matters here
+        sim.resource = ProcessIdentity(
+            run_id=args.run_id, rank=rank, world_size=args.world, local_rank=rank % 8,
+            pid=os.getpid(), instance_id=f"{args.run_id}-{rank}", host_name=args.node,
+        ).resource()
         sim.log_round(0, 2)
         reqs.append(Request(sim))
     channel = grpc.insecure_channel(args.endpoint, options=[
