@@ -98,10 +98,14 @@ class Variant:
     """Further command-line flags of the gateway."""
     remote_write: bool = True
     """Whether the gateway's remote write carries the points (``drained`` waits for it)."""
+    vmagent_otlp: bool = False
+    """vmagent with the shipped OTLP intake's flags (bench_cluster.VMAGENT_OTLP_FLAGS)."""
 
 
 NO_PROM = str(bench_cluster.REPO / "collector-config" / "remote-write-only.yaml")
 """The shipped overlay: the aggregated layout's gateway without the prometheus exporter."""
+OTLP_TO_VMAGENT = str(bench_cluster.REPO / "collector-config" / "otlp-to-vmagent.yaml")
+"""The shipped overlay: the aggregated layouts' gateway sending OTLP to vmagent."""
 PRW_WORKERS = "--feature-gates=exporter.prometheusremotewritexporter.EnableMultipleWorkers"
 SLIM_RESOURCE = (
     "yaml:processors::resource/slim::attributes: [{key: process.pid, action: delete}, "
@@ -131,6 +135,10 @@ VARIANTS: dict[str, Variant] = {
         "yaml:exporters::otlp_http/vm::metrics_endpoint: "
         "${env:OTEL_SPARSE_VMAGENT_URL}/opentelemetry/v1/metrics",
         "yaml:service::pipelines::metrics::exporters: [otlp_http/vm]"), remote_write=False),
+    # the shipped drop-in (docs/cluster.md, "OTLP to vmagent"): otlp-to-vmagent.yaml, vmagent
+    # with usePrometheusNaming, no scope labels and the job/instance relabelling: the same
+    # series as `base` stores (tests/integration/test_otlp_to_vmagent.py)
+    "dropin": Variant(gateway=(OTLP_TO_VMAGENT,), remote_write=False, vmagent_otlp=True),
     # agent -> gateway compression other than agent.yaml's zstd: gzip (the otlp exporter's
     # default, shipped before), none, snappy
     "gzip": Variant(agent=("yaml:exporters::otlp_grpc::compression: gzip",)),
@@ -145,7 +153,8 @@ def variant_of(name: str) -> Variant:
     return Variant(gateway=tuple(o for v in parts for o in v.gateway),
                    agent=tuple(o for v in parts for o in v.agent),
                    gateway_args=tuple(a for v in parts for a in v.gateway_args),
-                   remote_write=all(v.remote_write for v in parts))
+                   remote_write=all(v.remote_write for v in parts),
+                   vmagent_otlp=any(v.vmagent_otlp for v in parts))
 
 
 def pprof_overlay(port: int) -> tuple[str, ...]:
@@ -378,7 +387,8 @@ def ceiling(ranks: int = 16, layers: int = 32, heads: int = 32, *, metrics: int 
         gateway_overlays = (*gateway_overlays, *pprof_overlay(pprof_port))
     with bench_cluster.pipeline(work, agents, sink=sink, gateway_configs=gateway_overlays,
                                 agent_configs=chosen.agent,
-                                gateway_args=chosen.gateway_args) as pipe:
+                                gateway_args=chosen.gateway_args,
+                                vmagent_otlp=chosen.vmagent_otlp) as pipe:
         run_id = f"ceiling-{uuid.uuid4().hex[:8]}"
         per_proc = math.ceil(ranks / procs)
         go, stop = work / "go", work / "stop"

@@ -212,6 +212,13 @@ class Pipeline:
             log.close()
 
 
+VMAGENT_OTLP_RELABEL = REPO / "collector-config" / "vmagent-otlp-relabel.yaml"
+VMAGENT_OTLP_FLAGS = ("-opentelemetry.usePrometheusNaming",
+                      "-opentelemetry.promoteScopeMetadata=false",
+                      f"-remoteWrite.relabelConfig={VMAGENT_OTLP_RELABEL}")
+"""vmagent's flags when the gateway sends it OTLP (docs/cluster.md, "OTLP to vmagent");
+tests/integration/conftest.py uses these."""
+
 SINKS = ("aggregation", "drop")
 """What the gateway's remote write feeds: ``aggregation`` is vmagent with aggregation.yaml
 writing to Prometheus (the shipped aggregated layout); ``drop`` is vmagent parsing every
@@ -224,12 +231,15 @@ def pipeline(work: Path, agents: int = 2, *, sink: str = "aggregation",
              gateway_configs: Sequence[str] = (), agent_configs: Sequence[str] = (),
              gateway_env: dict[str, str] | None = None,
              agent_env: dict[str, str] | None = None,
-             gateway_args: Sequence[str] = ()) -> Iterator[Pipeline]:
+             gateway_args: Sequence[str] = (),
+             vmagent_otlp: bool = False) -> Iterator[Pipeline]:
     """Start Prometheus, vmagent, the gateway (gateway.yaml) and ``agents`` agents (agent.yaml).
 
     ``gateway_configs`` / ``agent_configs``: further ``--config`` sources the collector merges
     over the shipped file (``yaml:...`` overlays, e.g. bench_ceiling's pprof overlay);
-    ``gateway_args``: further command-line flags of the gateway (``--feature-gates=...``).
+    ``gateway_args``: further command-line flags of the gateway (``--feature-gates=...``);
+    ``vmagent_otlp``: vmagent with VMAGENT_OTLP_FLAGS (the gateway sends it OTLP with
+    otlp-to-vmagent.yaml; OTEL_SPARSE_VMAGENT_OTLP_URL is set for it either way).
     """
     if sink not in SINKS:
         raise ValueError(f"sink must be one of {SINKS}, not {sink!r}")
@@ -265,19 +275,25 @@ def pipeline(work: Path, agents: int = 2, *, sink: str = "aggregation",
                    f"-remoteWrite.url={p.prom}/api/v1/write",
                    f"-remoteWrite.tmpDataPath={work / 'vmagent-data'}",
                    "-remoteWrite.forcePromProto=true"]
+        relabel = VMAGENT_OTLP_RELABEL.read_text() if vmagent_otlp else ""
+        if vmagent_otlp:
+            vm_args += [f for f in VMAGENT_OTLP_FLAGS if not f.startswith("-remoteWrite.relabel")]
         if sink == "aggregation":
             vm_args.append(f"-remoteWrite.streamAggr.config="
                            f"{REPO / 'collector-config' / 'aggregation.yaml'}")
-        else:
-            (work / "drop-all.yaml").write_text("- action: drop\n  regex: .*\n"
-                                                "  source_labels: [__name__]\n")
-            vm_args.append(f"-remoteWrite.relabelConfig={work / 'drop-all.yaml'}")
+        else:  # after the shipped relabelling (vmagent_otlp), drop everything
+            relabel += "\n- action: drop\n  regex: .*\n  source_labels: [__name__]\n"
+        if relabel:
+            (work / "relabel.yaml").write_text(relabel)
+            vm_args.append(f"-remoteWrite.relabelConfig={work / 'relabel.yaml'}")
         p.vmagent = f"http://{LOOPBACK}:{vm_port}"
         proc = p.start("vmagent", vm_args, AGGREGATION_ENV)
         _wait_ok(f"{p.vmagent}/health", proc)
         p.gateway = collector("gateway.yaml", gateway_configs, {
             "OTEL_SPARSE_REMOTE_WRITE_URL": f"{p.vmagent}/api/v1/write",
-            "OTEL_SPARSE_VMAGENT_URL": p.vmagent, **(gateway_env or {})},
+            "OTEL_SPARSE_VMAGENT_URL": p.vmagent,
+            "OTEL_SPARSE_VMAGENT_OTLP_URL": f"{p.vmagent}/opentelemetry/v1/metrics",
+            **(gateway_env or {})},
             "gateway", gateway_args)
         p.agents = [collector("agent.yaml", agent_configs, {
             "OTEL_SPARSE_GATEWAY_ENDPOINT": f"{LOOPBACK}:{p.gateway['OTEL_SPARSE_OTLP_GRPC_PORT']}",

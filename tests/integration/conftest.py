@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,7 +90,23 @@ REMOTE_WRITE_ONLY = CONFIG_DIR / "remote-write-only.yaml"
 """The overlay for gateway.yaml: remote write only, no prometheus exporter (its port stays
 closed). The 8-node aggregated layout's gateway, and the two-level layout's node collector
 (docs/cluster.md, "Layouts")."""
-OVERLAYS = (REMOTE_WRITE_ONLY.name,)
+OTLP_TO_VMAGENT = CONFIG_DIR / "otlp-to-vmagent.yaml"
+"""The overlay for gateway.yaml that sends OTLP to vmagent's /opentelemetry/v1/metrics
+instead of remote write (vmagent builds the _bucket/_sum/_count series itself)."""
+# vmagent's flags for the OTLP intake and its relabel file, defined once in bench_cluster
+# (the benches start vmagent the same way).
+sys.path.insert(0, str(REPO_ROOT / "bench"))
+from bench_cluster import (  # noqa: E402
+    VMAGENT_OTLP_FLAGS,
+    VMAGENT_OTLP_RELABEL,
+)
+
+__all__ = ["VMAGENT_OTLP_FLAGS", "VMAGENT_OTLP_RELABEL"]
+
+PROTOCOLS = ("prw", "otlp")
+"""How the gateway sends to vmagent: prometheusremotewrite (gateway.yaml as shipped) or
+OTLP (OTLP_TO_VMAGENT, vmagent with VMAGENT_OTLP_FLAGS)."""
+OVERLAYS = (REMOTE_WRITE_ONLY.name, OTLP_TO_VMAGENT.name)
 """Shipped configs that are only valid merged over another (a second ``--config``)."""
 
 AGGREGATION_ENV = {
@@ -146,6 +163,11 @@ class Vmagent(_Server):
         return f"{self.url}/api/v1/write"
 
     @property
+    def otlp_url(self) -> str:
+        """Where the gateway's OTLP/HTTP exporter sends (OTLP_TO_VMAGENT)."""
+        return f"{self.url}/opentelemetry/v1/metrics"
+
+    @property
     def ready_url(self) -> str:
         """/health. A restart loses the aggregation state (it is in memory)."""
         return f"{self.url}/health"
@@ -155,6 +177,8 @@ class Vmagent(_Server):
 def vmagent_factory(vmagent_bin: Path, tmp_path: Path) -> Iterator[Callable[..., Vmagent]]:
     """Start vmagents: `vmagent_factory(prom.remote_write_url, env={...}, keep_input=False)`.
 
+    otlp: start with VMAGENT_OTLP_FLAGS (the gateway sends it OTLP).
+
     keep_input: also write the raw per-rank series, through a second ``-remoteWrite.url`` to
     the same Prometheus without aggregation (vmagent refuses ``keepInput`` together with
     ``keep_metric_names``; the raw series differ by their rank labels, so nothing collides).
@@ -162,7 +186,8 @@ def vmagent_factory(vmagent_bin: Path, tmp_path: Path) -> Iterator[Callable[...,
     started: list[Vmagent] = []
 
     def start(remote_write_url: str, env: Mapping[str, str] | None = None,
-              keep_input: bool = False, name: str | None = None) -> Vmagent:
+              keep_input: bool = False, name: str | None = None,
+              otlp: bool = False) -> Vmagent:
         label = name or f"vmagent-{len(started)}"
         (port,) = free_ports(1)
         args = [
@@ -177,6 +202,8 @@ def vmagent_factory(vmagent_bin: Path, tmp_path: Path) -> Iterator[Callable[...,
             args[2:4] = [f"-remoteWrite.url={remote_write_url}",
                          f"-remoteWrite.url={remote_write_url}",
                          f"-remoteWrite.streamAggr.config={AGGREGATION_CONFIG},"]
+        if otlp:  # the gateway sends OTLP (OTLP_TO_VMAGENT)
+            args.extend(VMAGENT_OTLP_FLAGS)
         full_env = {**os.environ, **AGGREGATION_ENV, **(env or {})}
         proc = ManagedProcess(args, tmp_path / f"{label}.log", env=full_env, name=label)
         agent = Vmagent(port=port, process=proc)
@@ -473,22 +500,33 @@ def aggregated_path_factory(
         vmagent_env: extra environment of vmagent (aggregation.yaml's placeholders).
         keep_input: vmagent also writes the raw per-rank series (the debugging opt-in).
         rule_files: rule files Prometheus loads from the start.
+        protocol: how the gateway sends to vmagent, one of PROTOCOLS: "prw" (remote write,
+            gateway.yaml as shipped) or "otlp" (OTLP_TO_VMAGENT; vmagent with
+            VMAGENT_OTLP_FLAGS).
+        name: suffix of the processes' names (two paths in one test).
     """
 
     def start(agent: bool = False, out_of_order_window: str = "10m",
               vmagent_env: Mapping[str, str] | None = None, keep_input: bool = False,
-              rule_files: Sequence[Path] = ()) -> AggregatedPath:
-        prom = prometheus_factory(remote_write_receiver=True, name="prom",
+              rule_files: Sequence[Path] = (), protocol: str = "prw",
+              name: str = "") -> AggregatedPath:
+        if protocol not in PROTOCOLS:
+            raise ValueError(f"protocol {protocol!r} is none of {PROTOCOLS}")
+        otlp = protocol == "otlp"
+        prom = prometheus_factory(remote_write_receiver=True, name=f"prom{name}",
                                   out_of_order_window=out_of_order_window,
                                   rule_files=rule_files)
-        vmagent = vmagent_factory(prom.remote_write_url, name="vmagent", env=vmagent_env,
-                                  keep_input=keep_input)
+        vmagent = vmagent_factory(prom.remote_write_url, name=f"vmagent{name}",
+                                  env=vmagent_env, keep_input=keep_input, otlp=otlp)
+        env = {"OTEL_SPARSE_REMOTE_WRITE_URL": vmagent.remote_write_url}
+        if otlp:
+            env["OTEL_SPARSE_VMAGENT_OTLP_URL"] = vmagent.otlp_url
         gateway = collector_factory(
-            "gateway.yaml", env={"OTEL_SPARSE_REMOTE_WRITE_URL": vmagent.remote_write_url},
-            name="gateway")
+            "gateway.yaml", env=env, name=f"gateway{name}",
+            overlays=(OTLP_TO_VMAGENT,) if otlp else ())
         node = collector_factory(
             "agent.yaml", env={"OTEL_SPARSE_GATEWAY_ENDPOINT": gateway.grpc_endpoint},
-            name="agent") if agent else None
+            name=f"agent{name}") if agent else None
         return AggregatedPath(prom, vmagent, gateway, node)
 
     return start

@@ -95,12 +95,14 @@ def keyed(result: list[Sample]) -> dict[tuple[tuple[str, str], ...], str]:
     return {tuple(sorted(labels.items())): repr(value) for labels, value in result}
 
 
-@pytest.mark.parametrize(("keep_input", "signed_sums"), [
-    (False, False), (True, False), (True, True),
-], ids=["aggregated", "with-raw-opt-in", "with-raw-opt-in-signed-sums"])
+@pytest.mark.parametrize(("keep_input", "signed_sums", "protocol"), [
+    (False, False, "prw"), (True, False, "prw"), (True, True, "prw"),
+    (False, False, "otlp"), (True, False, "otlp"),
+], ids=["aggregated", "with-raw-opt-in", "with-raw-opt-in-signed-sums",
+        "aggregated-otlp", "with-raw-opt-in-otlp"])
 def test_panels_on_the_aggregated_path(
     aggregated_path_factory: Callable[..., AggregatedPath], keep_input: bool,
-    signed_sums: bool,
+    signed_sums: bool, protocol: str,
 ) -> None:
     """Every panel of both dashboards and every recording rule: per-rank views show exactly
     the ranks (never a rank-less line); cluster-wide views answer exactly what they answer
@@ -112,9 +114,12 @@ def test_panels_on_the_aggregated_path(
     raw write then stores the same per-rank ``_sum`` series the aggregating write passes
     through (one series each, same labels), and the cluster-wide sums fall back to them;
     lifetime sums and means must still be exact. (No aggregated-only twin there: the
-    per-rank ``_sum`` is part of the aggregated layout.)"""
+    per-rank ``_sum`` is part of the aggregated layout.)
+
+    ``protocol``: how the gateway sends to vmagent (conftest.PROTOCOLS); "otlp" is
+    otlp-to-vmagent.yaml, the same panels and rules with the same answers."""
     env = {"OTEL_SPARSE_AGGR_SIGNED_SUMS": "sparse_attention_.+_sum"} if signed_sums else None
-    path = aggregated_path_factory(keep_input=keep_input, vmagent_env=env)
+    path = aggregated_path_factory(keep_input=keep_input, vmagent_env=env, protocol=protocol)
     prom = path.prom
     run_id = f"dash-{uuid.uuid4().hex[:8]}"
     play(path.otlp_endpoint, run_id)

@@ -17,6 +17,8 @@ behaviour of vmagent's ``total`` output (docs/cluster.md, "Aggregating over rank
 * gateway restarted mid-run: nothing is counted twice (the ranks' cumulative points resume
   the same series within the staleness interval);
 * a delayed (older) or duplicated export changes nothing;
+* the two-run, early-exit and delayed/duplicated cases hold for both ways the gateway sends
+  to vmagent (PROTOCOLS: prometheusremotewrite, or OTLP with otlp-to-vmagent.yaml);
 * ``_sum`` series of metrics listed in OTEL_SPARSE_AGGR_SIGNED_SUMS (values that can be
   negative, so sums that go down, which ``total`` would read as resets) stay per rank and
   are summed exactly at query time.
@@ -32,7 +34,7 @@ from pathlib import Path
 import pytest
 from _procs import Sample
 from _ranks import METRICS, RankGroup, expected_totals
-from conftest import REPO_ROOT, AggregatedPath, Collector, Prometheus, Vmagent
+from conftest import PROTOCOLS, REPO_ROOT, AggregatedPath, Collector, Prometheus, Vmagent
 from dashboards import panel_queries
 
 from otel_sparse._instruments import DEFAULT_FLOAT_BOUNDARIES
@@ -83,11 +85,14 @@ class Tier:
 
 
 @pytest.fixture
-def tier(aggregated_path_factory: Callable[..., AggregatedPath]) -> Tier:
-    path = aggregated_path_factory()
+def tier(aggregated_path_factory: Callable[..., AggregatedPath],
+         request: pytest.FixtureRequest) -> Tier:
+    """The tier; indirect parametrization picks the gateway's protocol (PROTOCOLS)."""
+    path = aggregated_path_factory(protocol=getattr(request, "param", "prw"))
     return Tier(path.prom, path.vmagent, path.gateway)
 
 
+@pytest.mark.parametrize("tier", PROTOCOLS, indirect=True)
 def test_two_runs_exact_rank_independent_series_early_exit(tier: Tier, tmp_path: Path) -> None:
     """Run A (3 ranks, rank 2 exits after phase 1) and run B (2 ranks) through one vmagent."""
     run_a = RankGroup(tmp_path / "a", f"agg-a-{uuid.uuid4().hex[:8]}", 3)
@@ -216,15 +221,17 @@ def _sender(endpoint: str, run_id: str, rank: int) -> tuple[Callable[..., None],
     return record, snapshot
 
 
+@pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_delayed_duplicated_exports_and_signed_sums(
-    aggregated_path_factory: Callable[..., AggregatedPath],
+    aggregated_path_factory: Callable[..., AggregatedPath], protocol: str,
 ) -> None:
     """An older export after a newer one and an export sent twice change nothing; a sum that
     goes down (negative values) stays per rank when listed and sums exactly at query time."""
     from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
 
     path = aggregated_path_factory(
-        vmagent_env={"OTEL_SPARSE_AGGR_SIGNED_SUMS": "sparse_attention_signed_error_sum"})
+        vmagent_env={"OTEL_SPARSE_AGGR_SIGNED_SUMS": "sparse_attention_signed_error_sum"},
+        protocol=protocol)
     prom, vmagent, gateway = path.prom, path.vmagent, path.gateway
     exporter = OTLPMetricExporter(endpoint=gateway.grpc_endpoint, insecure=True)
     run_id = f"agg-d-{uuid.uuid4().hex[:8]}"
@@ -302,11 +309,12 @@ def test_shipped_config_validates(vmagent_bin: Path, tmp_path: Path) -> None:
     import os
     import subprocess
 
-    from conftest import AGGREGATION_CONFIG, AGGREGATION_ENV
+    from conftest import AGGREGATION_CONFIG, AGGREGATION_ENV, VMAGENT_OTLP_FLAGS
 
+    # with the OTLP intake's flags (otlp-to-vmagent.yaml): -dryRun checks the relabel file too
     args = [str(vmagent_bin), "-dryRun", "-remoteWrite.url=http://127.0.0.1:9/api/v1/write",
             f"-remoteWrite.streamAggr.config={AGGREGATION_CONFIG}",
-            f"-remoteWrite.tmpDataPath={tmp_path}"]
+            f"-remoteWrite.tmpDataPath={tmp_path}", *VMAGENT_OTLP_FLAGS]
     base = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_SPARSE_AGGR_")}
     ok = subprocess.run(args, env={**base, **AGGREGATION_ENV}, capture_output=True, text=True,
                         check=False, timeout=60)

@@ -10,7 +10,15 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import AGGREGATION_CONFIG, CONFIG_DIR, OVERLAYS, REMOTE_WRITE_ONLY, SHIPPED_CONFIGS
+from conftest import (
+    AGGREGATION_CONFIG,
+    CONFIG_DIR,
+    OTLP_TO_VMAGENT,
+    OVERLAYS,
+    REMOTE_WRITE_ONLY,
+    SHIPPED_CONFIGS,
+    VMAGENT_OTLP_RELABEL,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -47,7 +55,8 @@ def test_shipped_configs_are_all_listed() -> None:
     The aggregation tier's config is vmagent's, not the collector's: test_aggregation.py's
     test_shipped_config_validates runs `vmagent -dryRun` on it.
     """
-    found = {p.name for p in CONFIG_DIR.glob("*.yaml")} - {"manifest.yaml", AGGREGATION_CONFIG.name}
+    found = {p.name for p in CONFIG_DIR.glob("*.yaml")} - {
+        "manifest.yaml", AGGREGATION_CONFIG.name, VMAGENT_OTLP_RELABEL.name}
     assert found == {*SHIPPED_CONFIGS, *OVERLAYS}
 
 
@@ -73,6 +82,20 @@ def test_remote_write_only_gateway_validates(otelcol_bin: Path, tmp_path: Path) 
     done = run_otelcol(otelcol_bin, "validate", "--config", gateway, "--config", str(typo),
                        env=REQUIRED_ENV)
     assert done.returncode != 0 and "prometheusremotewrit" in done.stderr, done.stderr
+
+
+def test_otlp_to_vmagent_gateway_validates(otelcol_bin: Path) -> None:
+    """gateway.yaml + otlp-to-vmagent.yaml (the aggregated layouts' gateway sending OTLP to
+    vmagent) validates with only OTEL_SPARSE_VMAGENT_OTLP_URL set for it, and exports to
+    nothing else."""
+    gateway = str(CONFIG_DIR / "gateway.yaml")
+    env = {**REQUIRED_ENV, "OTEL_SPARSE_VMAGENT_OTLP_URL":
+           "http://127.0.0.1:8429/opentelemetry/v1/metrics"}
+    done = run_otelcol(otelcol_bin, "validate", "--config", gateway,
+                       "--config", str(OTLP_TO_VMAGENT), env=env)
+    assert done.returncode == 0, done.stderr
+    overlay = yaml.safe_load(OTLP_TO_VMAGENT.read_text())
+    assert overlay["service"]["pipelines"]["metrics"]["exporters"] == ["otlp_http/vmagent"]
 
 
 @pytest.mark.parametrize(

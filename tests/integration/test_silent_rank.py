@@ -25,7 +25,7 @@ import pytest
 import requests
 import yaml
 from _procs import Series, query_matrix
-from conftest import REPO_ROOT, AggregatedPath
+from conftest import PROTOCOLS, REPO_ROOT, AggregatedPath
 from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
 
 sys.path.insert(0, str(REPO_ROOT / "bench"))
@@ -60,15 +60,17 @@ class Rank:
     sent: list[int]
 
 
-@pytest.fixture
-def path(aggregated_path_factory: Callable[..., AggregatedPath]) -> AggregatedPath:
+@pytest.fixture(params=PROTOCOLS)
+def path(aggregated_path_factory: Callable[..., AggregatedPath],
+         request: pytest.FixtureRequest) -> AggregatedPath:
     """The aggregation tier behind a node agent, Prometheus without rules yet.
 
     The out-of-order window spans the whole simulated history: the 40 simulated minutes
     are sent within seconds, and the gateway's two remote-write consumers may deliver two
-    batches in either order (in real time they would be a minute apart).
+    batches in either order (in real time they would be a minute apart). Parametrized over
+    how the gateway sends to vmagent (conftest.PROTOCOLS).
     """
-    return aggregated_path_factory(agent=True, out_of_order_window="1h")
+    return aggregated_path_factory(agent=True, out_of_order_window="1h", protocol=request.param)
 
 
 @pytest.fixture
