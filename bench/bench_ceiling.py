@@ -138,7 +138,8 @@ VARIANTS: dict[str, Variant] = {
     # the shipped drop-in (docs/cluster.md, "OTLP to vmagent"): otlp-to-vmagent.yaml, vmagent
     # with usePrometheusNaming, no scope labels and the job/instance relabelling: the same
     # series as `base` stores (tests/integration/test_otlp_to_vmagent.py)
-    "dropin": Variant(gateway=(OTLP_TO_VMAGENT,), remote_write=False, vmagent_otlp=True),
+    # (its "rw pts/s" is what the gateway's OTLP exporter sent on to vmagent)
+    "dropin": Variant(gateway=(OTLP_TO_VMAGENT,), vmagent_otlp=True),
     # agent -> gateway compression other than agent.yaml's zstd: gzip (the otlp exporter's
     # default, shipped before), none, snappy
     "gzip": Variant(agent=("yaml:exporters::otlp_grpc::compression: gzip",)),
@@ -287,8 +288,10 @@ def _series(url: str) -> list[tuple[str, str, float]]:
 
 
 def _sum(pages: list[list[tuple[str, str, float]]], name: str, label: str = "") -> float:
+    """Sum of ``name`` over the pages, where its labels contain ``label`` or, for
+    ``a|b``, either."""
     return sum(v for page in pages for n, labels, v in page
-               if n == name and label in labels)
+               if n == name and any(part in labels for part in label.split("|")))
 
 
 COLLECTOR_FIGURES = {
@@ -297,8 +300,9 @@ COLLECTOR_FIGURES = {
     "send_failed": ("otelcol_exporter_send_failed_metric_points", ""),
     "enqueue_failed": ("otelcol_exporter_enqueue_failed_metric_points", ""),
     "queue_size": ("otelcol_exporter_queue_size", ""),
+    # what the gateway sent on to vmagent: remote write, or OTLP (otlp-to-vmagent.yaml)
     "remote_write_sent": ("otelcol_exporter_sent_metric_points",
-                          'exporter="prometheusremotewrite"'),
+                          'exporter="prometheusremotewrite"|exporter="otlp_http/vmagent"'),
 }
 """What each collector's own metrics give (name, label substring); summed over a tier."""
 

@@ -7,12 +7,14 @@
 deploy/kubernetes (agents, one gateway, one aggregator: up to about 8 nodes):
   agent-configmap.yaml       otelcol-sparse-agent    config.yaml <- agent.yaml
   gateway-configmap.yaml     otelcol-sparse-gateway  config.yaml <- gateway.yaml,
-                                                     remote-write-only.yaml (its overlay)
-  aggregator-configmap.yaml  otel-sparse-aggregator  aggregation.yaml (vmagent)
+                                                     otlp-to-vmagent.yaml (its overlay),
+                                                     remote-write-only.yaml (the other one)
+  aggregator-configmap.yaml  otel-sparse-aggregator  aggregation.yaml,
+                                                     vmagent-otlp-relabel.yaml (vmagent)
 deploy/kubernetes/two-level (a node collector and vmagent per node, a central vmagent):
   node-configmap.yaml        otelcol-sparse-node     config.yaml <- gateway.yaml,
                                                      remote-write-only.yaml
-  aggregator-configmap.yaml  otel-sparse-aggregator  aggregation.yaml (both vmagent levels)
+  aggregator-configmap.yaml  otel-sparse-aggregator  the same as above (both vmagent levels)
 
 Each ConfigMap holds the files verbatim, so the cluster runs exactly the configs that the
 tests exercise; environment-specific values (listen host, gateway endpoint, remote-write URL,
@@ -33,13 +35,18 @@ NAMESPACE = "otel-sparse"
 
 GATEWAY = (("collector-config/gateway.yaml", "config.yaml"),
            ("collector-config/remote-write-only.yaml", "remote-write-only.yaml"))
-AGGREGATION = (("collector-config/aggregation.yaml", "aggregation.yaml"),)
+# The one-level gateway sends OTLP to the aggregator (docs/cluster.md, "OTLP to vmagent");
+# remote-write-only.yaml stays in its ConfigMap to switch back.
+GATEWAY_OTLP = (*GATEWAY, ("collector-config/otlp-to-vmagent.yaml", "otlp-to-vmagent.yaml"))
+# Both layouts share this ConfigMap; the relabel file is read by the one-level aggregator.
+AGGREGATION = (("collector-config/aggregation.yaml", "aggregation.yaml"),
+               ("collector-config/vmagent-otlp-relabel.yaml", "vmagent-otlp-relabel.yaml"))
 
 # (files as (source, data key), output manifest, ConfigMap name, component label, app label)
 CONFIGMAPS = (
     ((("collector-config/agent.yaml", "config.yaml"),),
      "deploy/kubernetes/agent-configmap.yaml", "otelcol-sparse-agent", "agent", "otelcol-sparse"),
-    (GATEWAY, "deploy/kubernetes/gateway-configmap.yaml", "otelcol-sparse-gateway", "gateway",
+    (GATEWAY_OTLP, "deploy/kubernetes/gateway-configmap.yaml", "otelcol-sparse-gateway", "gateway",
      "otelcol-sparse"),
     (AGGREGATION, "deploy/kubernetes/aggregator-configmap.yaml", "otel-sparse-aggregator",
      "aggregator", "vmagent"),

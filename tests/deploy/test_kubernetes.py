@@ -24,6 +24,10 @@ from _deploy import (
     resolve,
 )
 
+# vmagent's flags for the gateway's OTLP, defined once (the benches and integration tests use them)
+sys.path.insert(0, str(REPO / "bench"))
+from bench_cluster import VMAGENT_OTLP_FLAGS, VMAGENT_OTLP_RELABEL
+
 try:
     import kubernetes_validate
 except ImportError:  # pragma: no cover - the message is the point
@@ -47,9 +51,12 @@ CONFIGMAP_SOURCES = {
     ("otelcol-sparse-gateway", "config.yaml"): COLLECTOR_CONFIG / "gateway.yaml",
     ("otelcol-sparse-gateway", "remote-write-only.yaml"):
         COLLECTOR_CONFIG / "remote-write-only.yaml",
+    ("otelcol-sparse-gateway", "otlp-to-vmagent.yaml"): COLLECTOR_CONFIG / "otlp-to-vmagent.yaml",
     ("otelcol-sparse-node", "config.yaml"): COLLECTOR_CONFIG / "gateway.yaml",
     ("otelcol-sparse-node", "remote-write-only.yaml"): COLLECTOR_CONFIG / "remote-write-only.yaml",
     ("otel-sparse-aggregator", "aggregation.yaml"): COLLECTOR_CONFIG / "aggregation.yaml",
+    ("otel-sparse-aggregator", "vmagent-otlp-relabel.yaml"):
+        COLLECTOR_CONFIG / "vmagent-otlp-relabel.yaml",
 }
 LOOPBACK = {"127.0.0.1", "localhost", "::1", "[::1]"}
 
@@ -297,22 +304,39 @@ class TestConsistency:
         assert int(limiter["spike_limit_mib"]) < int(limiter["limit_mib"]), name
 
     def test_gateway_writes_to_aggregator_and_aggregator_config_is_complete(self):
-        """gateway -> aggregator Service, remote write only (no prometheus exporter behind
-        the aggregator); the aggregator runs the shipped aggregation.yaml with every
-        placeholder set, one level (first samples in full, no node label)."""
+        """gateway -> aggregator Service as OTLP (otlp-to-vmagent.yaml: no prometheus exporter
+        behind the aggregator, no remote write), the aggregator with the OTLP intake's flags
+        (VMAGENT_OTLP_FLAGS, the relabel file mounted verbatim where its flag reads it) and
+        the shipped aggregation.yaml with every placeholder set, one level (first samples in
+        full, no node label). Remote write to the aggregator stays configured for
+        remote-write-only.yaml."""
         (gateway,) = [w for w in _collectors() if w["kind"] == "Deployment"]
         env = _container_env(_container(gateway, "otelcol-sparse"))
         assert _config_files(gateway) == [COLLECTOR_CONFIG / "gateway.yaml",
-                                          COLLECTOR_CONFIG / "remote-write-only.yaml"]
+                                          COLLECTOR_CONFIG / "otlp-to-vmagent.yaml"]
         config = _config_of(gateway, env)
-        assert config["service"]["pipelines"]["metrics"]["exporters"] == ["prometheusremotewrite"]
+        assert config["service"]["pipelines"]["metrics"]["exporters"] == ["otlp_http/vmagent"]
         service = _named("Service", "otelcol-sparse-gateway")
         assert "prom-exporter" not in {p["name"] for p in service["spec"]["ports"]}
         assert env["OTEL_SPARSE_REMOTE_WRITE_URL"] == _aggregator_url(K8S_DIR)
+        assert env["OTEL_SPARSE_VMAGENT_OTLP_URL"] == _aggregator_url(K8S_DIR).replace(
+            "/api/v1/write", "/opentelemetry/v1/metrics")
         aggregator = _named("Deployment", "otel-sparse-aggregator")
         agg_env = _check_vmagent(aggregator, K8S_DIR)
         assert agg_env["OTEL_SPARSE_AGGR_FIRST_SAMPLE_WINDOW"] == "0s"
         assert agg_env["OTEL_SPARSE_AGGR_NODE"] == ""
+        container = _container(aggregator, "victoriametrics/vmagent")
+        flags = _vmagent_flags(container)
+        relabel = Path(flags["remoteWrite.relabelConfig"])
+        assert relabel.name == VMAGENT_OTLP_RELABEL.name
+        assert [a for a in container["args"] if a.startswith("-opentelemetry")] == [
+            f for f in VMAGENT_OTLP_FLAGS if f.startswith("-opentelemetry")]
+        pod = aggregator["spec"]["template"]["spec"]
+        (mount,) = [m for m in container["volumeMounts"] if Path(m["mountPath"]) == relabel.parent]
+        (volume,) = [v for v in pod["volumes"] if v["name"] == mount["name"]]
+        assert {"key": relabel.name, "path": relabel.name} in volume["configMap"]["items"]
+        configmap = _named("ConfigMap", volume["configMap"]["name"], K8S_DIR)
+        assert configmap["data"][relabel.name] == VMAGENT_OTLP_RELABEL.read_text()
 
     def test_agent_forwards_to_gateway_service(self):
         (agent,) = [w for w in _collectors() if w["kind"] == "DaemonSet"]
