@@ -17,8 +17,9 @@ behaviour of vmagent's ``total`` output (docs/cluster.md, "Aggregating over rank
 * gateway restarted mid-run: nothing is counted twice (the ranks' cumulative points resume
   the same series within the staleness interval);
 * a delayed (older) or duplicated export changes nothing;
-* the two-run, early-exit and delayed/duplicated cases hold for both ways the gateway sends
-  to vmagent (PROTOCOLS: prometheusremotewrite, or OTLP with otlp-to-vmagent.yaml);
+* the two-run, early-exit, restart and delayed/duplicated cases hold for both ways the
+  gateway sends to vmagent (PROTOCOLS: prometheusremotewrite, or OTLP with
+  otlp-to-vmagent.yaml);
 * ``_sum`` series of metrics listed in OTEL_SPARSE_AGGR_SIGNED_SUMS (values that can be
   negative, so sums that go down, which ``total`` would read as resets) stay per rank and
   are summed exactly at query time.
@@ -161,6 +162,7 @@ def check_dashboard_means(prom: Prometheus, group: RankGroup) -> None:
         assert keyed(got) == want, rule
 
 
+@pytest.mark.parametrize("tier", PROTOCOLS, indirect=True)
 def test_aggregator_and_gateway_restarts(tier: Tier, tmp_path: Path) -> None:
     """vmagent restart: exact again for live ranks, an exited rank's share is the loss;
     gateway restart: nothing counted twice."""
