@@ -44,6 +44,19 @@ def stored(prom: Prometheus, run_id: str) -> dict[Key, list[tuple[float, float]]
     return {tuple(sorted(labels.items())): points for labels, points in series}
 
 
+def without_target_info(prw: dict[Key, list[tuple[float, float]]],
+                        otlp: dict[Key, list[tuple[float, float]]], ranks: int
+                        ) -> dict[Key, list[tuple[float, float]]]:
+    """``prw`` without its target_info series (one per rank), each checked redundant: every
+    label it carries is on some series of ``otlp`` already."""
+    info = {k for k in prw if dict(k)["__name__"] == "target_info"}
+    assert len(info) == ranks
+    for key in info:
+        labels = set(key) - {("__name__", "target_info")}
+        assert any(labels <= set(k) for k in otlp), key
+    return {k: v for k, v in prw.items() if k not in info}
+
+
 def names(keys: object) -> list[str]:
     return sorted({dict(k)["__name__"] for k in keys})  # type: ignore[union-attr]
 
@@ -80,15 +93,10 @@ def test_same_series_through_prometheusremotewrite_and_otlp(
                 and all(v == c for _, v in r), timeout=SETTLE_S, procs=path.procs)
         time.sleep(3)
         got = {p: stored(path.prom, run_id) for p, path in paths.items()}
-        prw, otlp = got["prw"], got["otlp"]
+        otlp = got["otlp"]
         # target_info: remote write's one series per resource, which vmagent's OTLP intake
         # does not make. Every label it has is on each of that rank's series already.
-        info = {k: v for k, v in prw.items() if dict(k)["__name__"] == "target_info"}
-        assert len(info) == RANKS
-        for key in info:
-            labels = set(key) - {("__name__", "target_info")}
-            assert any(labels <= set(k) for k in otlp), key
-        prw = {k: v for k, v in prw.items() if k not in info}
+        prw = without_target_info(got["prw"], otlp, RANKS)
         assert sorted(set(prw) - set(otlp)) == [] and sorted(set(otlp) - set(prw)) == []
         assert names(prw) == sorted(
             ["otel_sparse_events_logged_total",
@@ -114,3 +122,51 @@ def test_nothing_shipped_reads_target_info() -> None:
              *(REPO_ROOT / "docker" / "prometheus" / "rules" / "tests").glob("*.yml")]
     assert len(files) >= 3
     assert [f.name for f in files if "target_info" in f.read_text()] == []
+
+
+def test_exponential_histograms_the_same_vmrange_series_on_both(
+    aggregated_path_factory: Callable[..., AggregatedPath],
+) -> None:
+    """OTEL_SPARSE_HISTOGRAM=exponential into the aggregated layouts: vmagent stores
+    ``vmrange`` buckets (VictoriaMetrics#10743) on both paths (it turns the remote-written
+    native histogram into them too), the same series and values; no ``le``."""
+    from opentelemetry.sdk.metrics.export import MetricsData, ResourceMetrics, ScopeMetrics
+    from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+
+    from otel_sparse._instruments import make_spec
+    from otel_sparse.aggregator import Aggregator
+
+    paths = {p: aggregated_path_factory(keep_input=True, protocol=p, name=f"-{p}")
+             for p in ("prw", "otlp")}
+    run_id = f"exp-{uuid.uuid4().hex[:8]}"
+    spec = make_spec("research_attention_density", float, histogram="exponential")
+    agg = Aggregator(start_ns=time.time_ns())
+    for v in (0.25, 0.5, 0.75):
+        agg.record("sparse_attention.research_attention_density", spec,
+                   (("head", 0), ("layer", 0)), v)
+    resource = ProcessIdentity(run_id=run_id, rank=0, world_size=1, local_rank=0, pid=1,
+                               instance_id=f"{run_id}-0", host_name="node-0").resource()
+    data = MetricsData(resource_metrics=[ResourceMetrics(
+        resource=resource, schema_url="", scope_metrics=[ScopeMetrics(
+            scope=InstrumentationScope("otel_sparse"), metrics=agg.collect(time.time_ns()),
+            schema_url="")])])
+    for path in paths.values():
+        exporter = OTLPMetricExporter(endpoint=path.gateway.grpc_endpoint, insecure=True)
+        try:
+            assert exporter.export(data).name == "SUCCESS"
+        finally:
+            exporter.shutdown()
+    name = "sparse_attention_research_attention_density"
+    for path in paths.values():
+        path.prom.wait_for_query(f'{name}_count{{run_id="{run_id}", rank=""}}',
+                                 lambda r: [v for _, v in r] == [3.0], timeout=SETTLE_S,
+                                 procs=path.procs)
+    time.sleep(2)
+    got = {p: stored(path.prom, run_id) for p, path in paths.items()}
+    otlp = got["otlp"]
+    prw = without_target_info(got["prw"], otlp, 1)
+    assert sorted(prw) == sorted(otlp)
+    assert {k: v[-1][1] for k, v in prw.items()} == {k: v[-1][1] for k, v in otlp.items()}
+    buckets = [dict(k) for k in otlp if dict(k)["__name__"] == f"{name}_bucket"]
+    # three values in three buckets, once per rank and once aggregated
+    assert len(buckets) == 6 and all("vmrange" in b and "le" not in b for b in buckets)
