@@ -129,8 +129,10 @@ def test_exponential_histograms_the_same_vmrange_series_on_both(
 ) -> None:
     """OTEL_SPARSE_HISTOGRAM=exponential into the aggregated layouts: vmagent stores
     ``vmrange`` buckets (VictoriaMetrics#10743) on both paths (it turns the remote-written
-    native histogram into them too), the same series and values; no ``le``."""
+    native histogram into them too), the same series and values; no ``le``. The resource
+    has a service.namespace here: ``job`` is "namespace/name" on both paths."""
     from opentelemetry.sdk.metrics.export import MetricsData, ResourceMetrics, ScopeMetrics
+    from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
     from otel_sparse._instruments import make_spec
@@ -144,8 +146,11 @@ def test_exponential_histograms_the_same_vmrange_series_on_both(
     for v in (0.25, 0.5, 0.75):
         agg.record("sparse_attention.research_attention_density", spec,
                    (("head", 0), ("layer", 0)), v)
+    # with a service.namespace: job is "namespace/name" on both paths (the relabel file's
+    # second rule)
     resource = ProcessIdentity(run_id=run_id, rank=0, world_size=1, local_rank=0, pid=1,
-                               instance_id=f"{run_id}-0", host_name="node-0").resource()
+                               instance_id=f"{run_id}-0", host_name="node-0").resource().merge(
+        Resource({"service.namespace": "team-a"}))
     data = MetricsData(resource_metrics=[ResourceMetrics(
         resource=resource, schema_url="", scope_metrics=[ScopeMetrics(
             scope=InstrumentationScope("otel_sparse"), metrics=agg.collect(time.time_ns()),
@@ -170,3 +175,4 @@ def test_exponential_histograms_the_same_vmrange_series_on_both(
     buckets = [dict(k) for k in otlp if dict(k)["__name__"] == f"{name}_bucket"]
     # three values in three buckets, once per rank and once aggregated
     assert len(buckets) == 6 and all("vmrange" in b and "le" not in b for b in buckets)
+    assert {dict(k).get("job") for k in otlp} == {"team-a/otel-sparse"}
