@@ -647,18 +647,11 @@ def main() -> None:
     parser.add_argument("--table", action="store_true",
                         help="run docs/cluster.md's table (TABLE) instead of --rates/--variants")
     parser.add_argument("--json", action="store_true")
-    # sender mode (internal)
-    parser.add_argument("--sender", action="store_true")
-    parser.add_argument("--first", type=int)
-    parser.add_argument("--last", type=int)
-    parser.add_argument("--world", type=int)
-    parser.add_argument("--endpoint")
-    parser.add_argument("--run-id")
-    parser.add_argument("--node")
+    # sender mode (internal): bench_cluster's sender arguments, then this bench's own
+    bench_cluster.add_sender_arguments(parser)
     parser.add_argument("--rate", type=float, default=0.0)
     parser.add_argument("--status")
     parser.add_argument("--ready")
-    parser.add_argument("--go")
     parser.add_argument("--stop")
     args = parser.parse_args()
     if args.sender:

@@ -188,6 +188,24 @@ class Pipeline:
         self.running.setdefault(tier, []).append(proc)
         return proc
 
+    def start_prometheus(self) -> None:
+        """Start Prometheus 2.42 as a remote-write receiver in ``work``; ``prom`` is its URL.
+
+        The out-of-order window: a remote-write request can hold a sample older than one
+        already stored for its series, and without the window Prometheus refuses the whole
+        request (docs/cluster.md, "Prometheus behind the aggregator").
+        """
+        (port,) = _free_ports(1)
+        (self.work / "prom.yml").write_text("global: {scrape_interval: 15s}\n"
+                                            "storage: {tsdb: {out_of_order_time_window: 10m}}\n")
+        self.prom = f"http://{LOOPBACK}:{port}"
+        proc = self.start("prometheus", ["/usr/bin/prometheus",
+                                         f"--config.file={self.work / 'prom.yml'}",
+                                         f"--storage.tsdb.path={self.work / 'tsdb'}",
+                                         f"--web.listen-address={LOOPBACK}:{port}",
+                                         "--web.enable-remote-write-receiver"])
+        _wait_ok(f"{self.prom}/-/ready", proc)
+
     def telemetry(self, ports: dict[str, int]) -> str:
         """host:port of one collector's own metrics."""
         return f"{LOOPBACK}:{ports['OTEL_SPARSE_TELEMETRY_PORT']}"
@@ -261,16 +279,8 @@ def pipeline(work: Path, agents: int = 2, *, sink: str = "aggregation",
         return ports
 
     try:
-        (prom_port, vm_port) = _free_ports(2)
-        (work / "prom.yml").write_text("global: {scrape_interval: 15s}\n"
-                                       "storage: {tsdb: {out_of_order_time_window: 10m}}\n")
-        p.prom = f"http://{LOOPBACK}:{prom_port}"
-        proc = p.start("prometheus", ["/usr/bin/prometheus",
-                                      f"--config.file={work / 'prom.yml'}",
-                                      f"--storage.tsdb.path={work / 'tsdb'}",
-                                      f"--web.listen-address={LOOPBACK}:{prom_port}",
-                                      "--web.enable-remote-write-receiver"])
-        _wait_ok(f"{p.prom}/-/ready", proc)
+        p.start_prometheus()
+        (vm_port,) = _free_ports(1)
         vm_args = [vmagent, f"-httpListenAddr={LOOPBACK}:{vm_port}",
                    f"-remoteWrite.url={p.prom}/api/v1/write",
                    f"-remoteWrite.tmpDataPath={work / 'vmagent-data'}",
@@ -304,66 +314,137 @@ def pipeline(work: Path, agents: int = 2, *, sink: str = "aggregation",
         p.stop()
 
 
+class TierMeter:
+    """CPU seconds and peak RSS per tier of a pipeline's processes, counted from creation.
+
+    Created once every process runs (senders included), so start-up costs stay out of it.
+    """
+
+    def __init__(self, running: dict[str, list[subprocess.Popen[bytes]]]) -> None:
+        import psutil
+
+        self._procs = {name: [psutil.Process(p.pid) for p in group]
+                       for name, group in running.items()}
+        self._start_cpu = {p.pid: sum(p.cpu_times()[:2])
+                           for group in self._procs.values() for p in group}
+        self.tiers: dict[str, Tier] = {}
+
+    def sample(self) -> None:
+        """Update ``tiers`` with what the processes used so far."""
+        _sample(self._procs, self.tiers, self._start_cpu)
+
+
+@dataclass
+class Model:
+    """What each simulated rank logs: an L x H model, ``rounds`` exports ``interval_s`` apart."""
+
+    layers: int
+    heads: int
+    metrics: int = 2
+    rounds: int = 3
+    steps: int = 2
+    interval_s: float = 2.0
+
+    def expected(self, ranks: int) -> list[dict[tuple[str, str], tuple[float, float]]]:
+        """Per metric, the exact cluster-wide (count, sum) per (layer, head)."""
+        return [expected(ranks, self.rounds, self.steps, self.layers, self.heads, m)
+                for m in range(self.metrics)]
+
+
+def start_senders(pipe: Pipeline, ranks: int, procs: int, endpoints: Sequence[str],
+                  run_id: str, go: Path, model: Model) -> list[subprocess.Popen[bytes]]:
+    """Start ``procs`` sender processes (``--sender``) playing ranks [0, ranks) between them.
+
+    Process i sends to ``endpoints[i % len(endpoints)]`` as node ``node-{i % len(endpoints)}``;
+    a process that would get no rank is not started. They wait for the file ``go``.
+    """
+    per_proc = math.ceil(ranks / procs)
+    senders = []
+    for i in range(procs):
+        first, last = i * per_proc, min(ranks, (i + 1) * per_proc)
+        if first >= last:
+            continue
+        node = i % len(endpoints)
+        senders.append(pipe.start("senders", [
+            sys.executable, __file__, "--sender", "--first", str(first), "--last",
+            str(last), "--world", str(ranks), "--endpoint", endpoints[node],
+            "--run-id", run_id,
+            "--layers", str(model.layers), "--heads", str(model.heads),
+            "--metrics", str(model.metrics), "--rounds", str(model.rounds),
+            "--steps", str(model.steps), "--interval", str(model.interval_s),
+            "--go", str(go), "--node", f"node-{node}"]))
+    return senders
+
+
+def wait_ready(senders: Sequence[subprocess.Popen[bytes]], go: Path) -> None:
+    """Wait until every sender has built its exporters (its ``go.ready<pid>`` file exists)."""
+    for s in senders:
+        while not go.with_suffix(f".ready{s.pid}").exists():
+            if s.poll() is not None:
+                raise RuntimeError(f"sender exited with {s.returncode}")
+            time.sleep(0.05)
+
+
+def play(pipe: Pipeline, senders: Sequence[subprocess.Popen[bytes]], go: Path
+         ) -> tuple[TierMeter, float, float]:
+    """Let the ready senders go and sample every tier until they end.
+
+    Returns the meter (keep sampling it while the pipeline drains) and the monotonic times
+    the senders were let go and the last one ended.
+    """
+    meter = TierMeter(pipe.running)
+    started = time.monotonic()
+    go.touch()
+    while any(s.poll() is None for s in senders):
+        meter.sample()
+        time.sleep(0.25)
+    for s in senders:
+        if s.returncode != 0:
+            raise RuntimeError(f"a sender exited with {s.returncode}: see {pipe.work}")
+    return meter, started, time.monotonic()
+
+
+def wait_exact(prom: str, run_id: str,
+               want: Sequence[dict[tuple[str, str], tuple[float, float]]],
+               meter: TierMeter, timeout_s: float = 120.0) -> bool:
+    """Poll until the stored count and sum of every metric and cell equal ``want`` exactly.
+
+    ``want``: ``Model.expected``. The meter samples the tiers while the pipeline drains.
+    False if they are still not exact after ``timeout_s``.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        meter.sample()
+        exact = all(
+            {(s["layer"], s["head"]): v for s, v in _query(
+                prom, f'sparse_attention_{METRICS[m]}{suffix}{{run_id="{run_id}"}}')}
+            == {k: t[index] for k, t in cells.items()}
+            for m, cells in enumerate(want) for suffix, index in (("_count", 0), ("_sum", 1)))
+        if exact or time.monotonic() >= deadline:
+            return exact
+        time.sleep(0.2)
+
+
 def run(ranks: int, layers: int, heads: int, *, metrics: int = 2, rounds: int = 3,
         steps: int = 2, procs: int = 4, agents: int = 2, interval_s: float = 2.0,
         workdir: str | None = None) -> Result:
     """Start the pipeline, play ``ranks`` ranks for ``rounds`` exports, measure, stop."""
-    import psutil
-
+    model = Model(layers, heads, metrics, rounds, steps, interval_s)
     work = Path(workdir or tempfile.mkdtemp(prefix="bench-cluster-"))
     with pipeline(work, agents) as pipe:
         prom = pipe.prom
         run_id = f"bench-{uuid.uuid4().hex[:8]}"
         telemetry = pipe.telemetry(pipe.gateway)
         accepted_before = _accepted(telemetry)
-        per_proc = math.ceil(ranks / procs)
         go = work / "go"
-        senders = []
-        for i in range(procs):
-            first, last = i * per_proc, min(ranks, (i + 1) * per_proc)
-            if first >= last:
-                continue
-            senders.append(pipe.start("senders", [
-                sys.executable, __file__, "--sender", "--first", str(first), "--last",
-                str(last), "--world", str(ranks), "--endpoint", pipe.agent_endpoint(i % agents),
-                "--run-id", run_id,
-                "--layers", str(layers), "--heads", str(heads), "--metrics", str(metrics),
-                "--rounds", str(rounds), "--steps", str(steps), "--interval", str(interval_s),
-                "--go", str(go), "--node", f"node-{i % agents}"]))
-        for s in senders:  # wait until every sender has built its exporters
-            while not (work / "go").with_suffix(f".ready{s.pid}").exists():
-                if s.poll() is not None:
-                    raise RuntimeError(f"sender exited with {s.returncode}")
-                time.sleep(0.05)
-        ps = {name: [psutil.Process(p.pid) for p in group]
-              for name, group in pipe.running.items()}
-        start_cpu = {p.pid: sum(p.cpu_times()[:2]) for group in ps.values() for p in group}
-        tiers: dict[str, Tier] = {}
-        t0 = time.monotonic()
-        go.touch()
-        while any(s.poll() is None for s in senders):
-            _sample(ps, tiers, start_cpu)
-            time.sleep(0.25)
-        for s in senders:
-            if s.returncode != 0:
-                raise RuntimeError(f"a sender exited with {s.returncode}: see {work}")
-        sent_end = time.monotonic()
-        wall = sent_end - t0
+        senders = start_senders(pipe, ranks, procs,
+                                [pipe.agent_endpoint(i) for i in range(agents)], run_id, go,
+                                model)
+        wait_ready(senders, go)
+        meter, started, sent_end = play(pipe, senders, go)
+        wall = sent_end - started
         accepted = _accepted(telemetry) - accepted_before
-        want = [expected(ranks, rounds, steps, layers, heads, m) for m in range(metrics)]
-        exact, deadline = False, time.monotonic() + 120
-        while not exact and time.monotonic() < deadline:
-            _sample(ps, tiers, start_cpu)
-            exact = True
-            for m in range(metrics):
-                name = f"sparse_attention_{METRICS[m]}"
-                for suffix, index in (("_count", 0), ("_sum", 1)):
-                    got = {(s["layer"], s["head"]): v for s, v in
-                           _query(prom, f'{name}{suffix}{{run_id="{run_id}"}}')}
-                    if got != {k: t[index] for k, t in want[m].items()}:
-                        exact = False
-            if not exact:
-                time.sleep(0.2)
+        exact = wait_exact(prom, run_id, model.expected(ranks), meter)
         delay = time.monotonic() - sent_end
         stored = _query(prom, f'count({{run_id="{run_id}"}})')
         hist = _query(prom, f'count({{__name__=~"sparse_attention_.+", run_id="{run_id}"}})')
@@ -375,7 +456,8 @@ def run(ranks: int, layers: int, heads: int, *, metrics: int = 2, rounds: int = 
             histogram_series=int(hist[0][1]) if hist else 0,
             per_rank_series=int(per_rank[0][1]) if per_rank else 0,
             exact=exact, points_sent=points, send_wall_s=round(wall, 2),
-            points_per_s=round(accepted / wall, 1), delay_s=round(delay, 2), tiers=tiers)
+            points_per_s=round(accepted / wall, 1), delay_s=round(delay, 2),
+            tiers=meter.tiers)
 
 
 class SimulatedRank:
@@ -462,6 +544,21 @@ def sender(args: argparse.Namespace) -> None:
         exporter.shutdown()
 
 
+def add_sender_arguments(parser: argparse.ArgumentParser) -> None:
+    """The internal sender mode's arguments (``--sender``), as ``start_senders`` passes them.
+
+    bench_ceiling's senders take these too, plus their own (rate, status and stop files).
+    """
+    parser.add_argument("--sender", action="store_true")
+    parser.add_argument("--first", type=int)
+    parser.add_argument("--last", type=int)
+    parser.add_argument("--world", type=int)
+    parser.add_argument("--endpoint")
+    parser.add_argument("--run-id")
+    parser.add_argument("--go")
+    parser.add_argument("--node")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ranks", type=int, default=4)
@@ -474,15 +571,7 @@ def main() -> None:
     parser.add_argument("--agents", type=int, default=2)
     parser.add_argument("--interval", type=float, default=2.0)
     parser.add_argument("--json", action="store_true")
-    # sender mode (internal)
-    parser.add_argument("--sender", action="store_true")
-    parser.add_argument("--first", type=int)
-    parser.add_argument("--last", type=int)
-    parser.add_argument("--world", type=int)
-    parser.add_argument("--endpoint")
-    parser.add_argument("--run-id")
-    parser.add_argument("--go")
-    parser.add_argument("--node")
+    add_sender_arguments(parser)
     args = parser.parse_args()
     if args.sender:
         sender(args)

@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
-import sys
 import tempfile
 import time
 import uuid
@@ -52,24 +50,15 @@ class TwoLevelResult:
 def run(ranks: int, nodes: int, layers: int, heads: int, *, metrics: int = 2,
         rounds: int = 3, steps: int = 2, interval_s: float = 2.0) -> TwoLevelResult:
     """Start the two-level pipeline, play ``ranks`` ranks over ``nodes`` nodes, measure."""
-    import psutil
-
+    model = bc.Model(layers, heads, metrics, rounds, steps, interval_s)
     work = Path(tempfile.mkdtemp(prefix="bench-two-level-"))
     otelcol, vmagent = bc._binary("build-collector.sh"), bc._binary("build-vmagent.sh")
     config = bc.REPO / "collector-config"
     pipe = bc.Pipeline(work=work, prom="", vmagent="", gateway={}, agents=[], running={},
                        logs=[])
     try:
-        (prom_port, central_port) = bc._free_ports(2)
-        (work / "prom.yml").write_text("global: {scrape_interval: 15s}\n"
-                                       "storage: {tsdb: {out_of_order_time_window: 10m}}\n")
-        pipe.prom = f"http://{bc.LOOPBACK}:{prom_port}"
-        proc = pipe.start("prometheus", ["/usr/bin/prometheus",
-                                         f"--config.file={work / 'prom.yml'}",
-                                         f"--storage.tsdb.path={work / 'tsdb'}",
-                                         f"--web.listen-address={bc.LOOPBACK}:{prom_port}",
-                                         "--web.enable-remote-write-receiver"])
-        bc._wait_ok(f"{pipe.prom}/-/ready", proc)
+        pipe.start_prometheus()
+        (central_port,) = bc._free_ports(1)
 
         def start_vmagent(tier: str, port: int, url: str, env: dict[str, str]) -> str:
             base = f"http://{bc.LOOPBACK}:{port}"
@@ -101,45 +90,12 @@ def run(ranks: int, nodes: int, layers: int, heads: int, *, metrics: int = 2,
         windows_end = time.monotonic() + NODE_WINDOW_S + 0.5
 
         run_id = f"bench2-{uuid.uuid4().hex[:8]}"
-        per_node = math.ceil(ranks / nodes)
         go = work / "go"
-        senders = []
-        for node in range(nodes):
-            first, last = node * per_node, min(ranks, (node + 1) * per_node)
-            senders.append(pipe.start("senders", [
-                sys.executable, bc.__file__, "--sender", "--first", str(first), "--last",
-                str(last), "--world", str(ranks), "--endpoint", endpoints[node],
-                "--run-id", run_id, "--layers", str(layers), "--heads", str(heads),
-                "--metrics", str(metrics), "--rounds", str(rounds), "--steps", str(steps),
-                "--interval", str(interval_s), "--go", str(go), "--node", f"node-{node}"]))
-        for s in senders:
-            while not go.with_suffix(f".ready{s.pid}").exists():
-                if s.poll() is not None:
-                    raise RuntimeError(f"sender exited with {s.returncode}")
-                time.sleep(0.05)
+        senders = bc.start_senders(pipe, ranks, nodes, endpoints, run_id, go, model)
+        bc.wait_ready(senders, go)
         time.sleep(max(0.0, windows_end - time.monotonic()))
-        ps = {name: [psutil.Process(p.pid) for p in group]
-              for name, group in pipe.running.items()}
-        start_cpu = {p.pid: sum(p.cpu_times()[:2]) for group in ps.values() for p in group}
-        tiers: dict[str, bc.Tier] = {}
-        go.touch()
-        while any(s.poll() is None for s in senders):
-            bc._sample(ps, tiers, start_cpu)
-            time.sleep(0.25)
-        if any(s.returncode != 0 for s in senders):
-            raise RuntimeError(f"a sender failed: see {work}")
-        sent_end = time.monotonic()
-        want = [bc.expected(ranks, rounds, steps, layers, heads, m) for m in range(metrics)]
-        exact, deadline = False, time.monotonic() + 120
-        while not exact and time.monotonic() < deadline:
-            bc._sample(ps, tiers, start_cpu)
-            exact = all(
-                {(s["layer"], s["head"]): v for s, v in bc._query(
-                    pipe.prom, f'sparse_attention_{bc.METRICS[m]}{suffix}{{run_id="{run_id}"}}')}
-                == {k: t[index] for k, t in want[m].items()}
-                for m in range(metrics) for suffix, index in (("_count", 0), ("_sum", 1)))
-            if not exact:
-                time.sleep(0.2)
+        meter, _, sent_end = bc.play(pipe, senders, go)
+        exact = bc.wait_exact(pipe.prom, run_id, model.expected(ranks), meter)
         delay = time.monotonic() - sent_end
         hist = bc._query(pipe.prom,
                          f'count({{__name__=~"sparse_attention_.+", run_id="{run_id}"}})')
@@ -149,7 +105,7 @@ def run(ranks: int, nodes: int, layers: int, heads: int, *, metrics: int = 2,
             rounds=rounds, histogram_series=int(hist[0][1]) if hist else 0,
             per_rank_series=int(per_rank[0][1]) if per_rank else 0, exact=exact,
             points_sent=ranks * rounds * (metrics * layers * heads + metrics),
-            delay_s=round(delay, 2), tiers=tiers)
+            delay_s=round(delay, 2), tiers=meter.tiers)
     finally:
         pipe.stop()
 
