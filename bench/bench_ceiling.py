@@ -104,7 +104,7 @@ class Variant:
 
 NO_PROM = str(bench_cluster.REPO / "collector-config" / "remote-write-only.yaml")
 """The shipped overlay: the aggregated layout's gateway without the prometheus exporter."""
-OTLP_TO_VMAGENT = str(bench_cluster.REPO / "collector-config" / "otlp-to-vmagent.yaml")
+OTLP_TO_VMAGENT = str(bench_cluster.OTLP_TO_VMAGENT)
 """The shipped overlay: the aggregated layouts' gateway sending OTLP to vmagent."""
 PRW_WORKERS = "--feature-gates=exporter.prometheusremotewritexporter.EnableMultipleWorkers"
 SLIM_RESOURCE = (

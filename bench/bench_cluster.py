@@ -1,11 +1,13 @@
 """A simulated N-rank job through the real cluster pipeline, with the aggregation tier.
 
-Run: .venv/bin/python bench/bench_cluster.py --ranks 64 --layers 4 --heads 4 [--json]
+Run: .venv/bin/python bench/bench_cluster.py --ranks 64 --layers 4 --heads 4 [--protocol otlp]
+     [--json]
 
     sender processes (N ranks, many per process, each its own OTLP/gRPC exporter and
     resource: rank, service.instance.id, host.name of its "node")
       --> agents (agent.yaml, one per simulated node group) --> gateway (gateway.yaml)
-      --prometheusremotewrite--> vmagent (aggregation.yaml) --> Prometheus
+      --prometheusremotewrite (or OTLP with --protocol otlp)--> vmagent (aggregation.yaml)
+      --> Prometheus
 
 Each rank sends what the library sends for an L x H model: every export, one cumulative
 explicit-bucket histogram per (metric, layer, head) built by otel_sparse's own Aggregator
@@ -19,7 +21,7 @@ gateway accepted (its ``otelcol_receiver_accepted_metric_points``) while senders
 seconds and peak RSS of each tier (senders, agents, gateway, vmagent, Prometheus), and the
 delay from the end of the last export until Prometheus answers the exact totals.
 
-``run()`` is what tests/integration/test_load.py calls at N = 4 and 64.
+``run()`` is what tests/integration/test_load.py calls at N = 4 and 64 (and 64 over OTLP).
 """
 
 from __future__ import annotations
@@ -231,6 +233,10 @@ class Pipeline:
 
 
 VMAGENT_OTLP_RELABEL = REPO / "collector-config" / "vmagent-otlp-relabel.yaml"
+OTLP_TO_VMAGENT = REPO / "collector-config" / "otlp-to-vmagent.yaml"
+"""The gateway overlay that sends OTLP to vmagent instead of remote write."""
+PROTOCOLS = ("prw", "otlp")
+"""How the gateway feeds vmagent: prometheusremotewrite, or OTLP (OTLP_TO_VMAGENT)."""
 VMAGENT_OTLP_FLAGS = ("-opentelemetry.usePrometheusNaming",
                       "-opentelemetry.promoteScopeMetadata=false",
                       f"-remoteWrite.relabelConfig={VMAGENT_OTLP_RELABEL}")
@@ -427,11 +433,18 @@ def wait_exact(prom: str, run_id: str,
 
 def run(ranks: int, layers: int, heads: int, *, metrics: int = 2, rounds: int = 3,
         steps: int = 2, procs: int = 4, agents: int = 2, interval_s: float = 2.0,
-        workdir: str | None = None) -> Result:
-    """Start the pipeline, play ``ranks`` ranks for ``rounds`` exports, measure, stop."""
+        workdir: str | None = None, protocol: str = "prw") -> Result:
+    """Start the pipeline, play ``ranks`` ranks for ``rounds`` exports, measure, stop.
+
+    ``protocol``: how the gateway feeds vmagent (PROTOCOLS).
+    """
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"protocol must be one of {PROTOCOLS}, not {protocol!r}")
     model = Model(layers, heads, metrics, rounds, steps, interval_s)
     work = Path(workdir or tempfile.mkdtemp(prefix="bench-cluster-"))
-    with pipeline(work, agents) as pipe:
+    otlp = protocol == "otlp"
+    with pipeline(work, agents, gateway_configs=(str(OTLP_TO_VMAGENT),) if otlp else (),
+                  vmagent_otlp=otlp) as pipe:
         prom = pipe.prom
         run_id = f"bench-{uuid.uuid4().hex[:8]}"
         telemetry = pipe.telemetry(pipe.gateway)
@@ -570,6 +583,8 @@ def main() -> None:
     parser.add_argument("--procs", type=int, default=4)
     parser.add_argument("--agents", type=int, default=2)
     parser.add_argument("--interval", type=float, default=2.0)
+    parser.add_argument("--protocol", choices=PROTOCOLS, default="prw",
+                        help="gateway -> vmagent: remote write (prw) or OTLP")
     parser.add_argument("--json", action="store_true")
     add_sender_arguments(parser)
     args = parser.parse_args()
@@ -578,7 +593,7 @@ def main() -> None:
         return
     result = run(args.ranks, args.layers, args.heads, metrics=args.metrics, rounds=args.rounds,
                  steps=args.steps, procs=args.procs, agents=args.agents,
-                 interval_s=args.interval)
+                 interval_s=args.interval, protocol=args.protocol)
     if args.json:
         print(json.dumps(asdict(result)))
         return
