@@ -386,7 +386,7 @@ def ceiling(ranks: int = 16, layers: int = 32, heads: int = 32, *, metrics: int 
     work = Path(workdir or tempfile.mkdtemp(prefix="bench-ceiling-"))
     chosen = variant_of(variant)
     gateway_overlays = chosen.gateway
-    pprof_port = bench_cluster._free_ports(1)[0]
+    pprof_port = bench_cluster.free_ports(1)[0]
     if profile:
         gateway_overlays = (*gateway_overlays, *pprof_overlay(pprof_port))
     with bench_cluster.pipeline(work, agents, sink=sink, gateway_configs=gateway_overlays,

@@ -30,7 +30,6 @@ import argparse
 import json
 import math
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -45,7 +44,10 @@ from typing import Any
 import requests
 
 REPO = Path(__file__).resolve().parent.parent
-LOOPBACK = "127.0.0.1"
+sys.path.insert(0, str(REPO / "tests" / "integration"))
+
+from _procs import LOOPBACK, free_ports, query  # noqa: E402  (the integration tests' helpers)
+
 METRICS = ("research_attention_density", "research_attention_output_error")
 PORT_VARS = ("OTEL_SPARSE_OTLP_GRPC_PORT", "OTEL_SPARSE_OTLP_HTTP_PORT",
              "OTEL_SPARSE_HEALTH_PORT", "OTEL_SPARSE_PROMETHEUS_PORT",
@@ -72,19 +74,6 @@ def expected(ranks: int, rounds: int, steps: int, layers: int, heads: int, metri
     return out
 
 
-def _free_ports(n: int) -> list[int]:
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket()
-            s.bind((LOOPBACK, 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
 def _binary(script: str) -> str:
     done = subprocess.run(["bash", str(REPO / "scripts" / script)], capture_output=True,
                           text=True, check=True, stdin=subprocess.DEVNULL)
@@ -103,13 +92,6 @@ def _wait_ok(url: str, proc: subprocess.Popen[bytes], timeout: float = 60.0) -> 
             pass
         time.sleep(0.1)
     raise TimeoutError(url)
-
-
-def _query(prom: str, promql: str) -> list[tuple[dict[str, str], float]]:
-    body = requests.get(f"{prom}/api/v1/query", params={"query": promql}, timeout=30).json()
-    if body.get("status") != "success":
-        raise RuntimeError(f"{promql}: {body}")
-    return [(r["metric"], float(r["value"][1])) for r in body["data"]["result"]]
 
 
 def _accepted(telemetry: str) -> float:
@@ -197,7 +179,7 @@ class Pipeline:
         already stored for its series, and without the window Prometheus refuses the whole
         request (docs/cluster.md, "Prometheus behind the aggregator").
         """
-        (port,) = _free_ports(1)
+        (port,) = free_ports(1)
         (self.work / "prom.yml").write_text("global: {scrape_interval: 15s}\n"
                                             "storage: {tsdb: {out_of_order_time_window: 10m}}\n")
         self.prom = f"http://{LOOPBACK}:{port}"
@@ -273,7 +255,7 @@ def pipeline(work: Path, agents: int = 2, *, sink: str = "aggregation",
 
     def collector(config: str, overlays: Sequence[str], extra: dict[str, str], tier: str,
                   flags: Sequence[str] = ()) -> dict[str, int]:
-        ports = dict(zip(PORT_VARS, _free_ports(len(PORT_VARS))))
+        ports = dict(zip(PORT_VARS, free_ports(len(PORT_VARS))))
         env = {"OTEL_SPARSE_LISTEN_HOST": LOOPBACK, **{k: str(v) for k, v in ports.items()},
                **extra}
         args = [otelcol, "--config", str(REPO / "collector-config" / config)]
@@ -286,7 +268,7 @@ def pipeline(work: Path, agents: int = 2, *, sink: str = "aggregation",
 
     try:
         p.start_prometheus()
-        (vm_port,) = _free_ports(1)
+        (vm_port,) = free_ports(1)
         vm_args = [vmagent, f"-httpListenAddr={LOOPBACK}:{vm_port}",
                    f"-remoteWrite.url={p.prom}/api/v1/write",
                    f"-remoteWrite.tmpDataPath={work / 'vmagent-data'}",
@@ -422,7 +404,7 @@ def wait_exact(prom: str, run_id: str,
     while True:
         meter.sample()
         exact = all(
-            {(s["layer"], s["head"]): v for s, v in _query(
+            {(s["layer"], s["head"]): v for s, v in query(
                 prom, f'sparse_attention_{METRICS[m]}{suffix}{{run_id="{run_id}"}}')}
             == {k: t[index] for k, t in cells.items()}
             for m, cells in enumerate(want) for suffix, index in (("_count", 0), ("_sum", 1)))
@@ -459,9 +441,9 @@ def run(ranks: int, layers: int, heads: int, *, metrics: int = 2, rounds: int = 
         accepted = _accepted(telemetry) - accepted_before
         exact = wait_exact(prom, run_id, model.expected(ranks), meter)
         delay = time.monotonic() - sent_end
-        stored = _query(prom, f'count({{run_id="{run_id}"}})')
-        hist = _query(prom, f'count({{__name__=~"sparse_attention_.+", run_id="{run_id}"}})')
-        per_rank = _query(prom, f'count({{rank!="", run_id="{run_id}"}})')
+        stored = query(prom, f'count({{run_id="{run_id}"}})')
+        hist = query(prom, f'count({{__name__=~"sparse_attention_.+", run_id="{run_id}"}})')
+        per_rank = query(prom, f'count({{rank!="", run_id="{run_id}"}})')
         points = ranks * rounds * (metrics * layers * heads + metrics)
         return Result(
             ranks=ranks, layers=layers, heads=heads, metrics=metrics, rounds=rounds,

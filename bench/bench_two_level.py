@@ -58,7 +58,7 @@ def run(ranks: int, nodes: int, layers: int, heads: int, *, metrics: int = 2,
                        logs=[])
     try:
         pipe.start_prometheus()
-        (central_port,) = bc._free_ports(1)
+        (central_port,) = bc.free_ports(1)
 
         def start_vmagent(tier: str, port: int, url: str, env: dict[str, str]) -> str:
             base = f"http://{bc.LOOPBACK}:{port}"
@@ -74,11 +74,11 @@ def run(ranks: int, nodes: int, layers: int, heads: int, *, metrics: int = 2,
                                 f"{pipe.prom}/api/v1/write", {})
         endpoints = []
         for node in range(nodes):
-            (vm_port,) = bc._free_ports(1)
+            (vm_port,) = bc.free_ports(1)
             node_vm = start_vmagent("node-vmagents", vm_port, f"{central}/api/v1/write", {
                 "OTEL_SPARSE_AGGR_NODE": f"node-{node}@{time.time_ns()}",
                 "OTEL_SPARSE_AGGR_FIRST_SAMPLE_WINDOW": f"{NODE_WINDOW_S}s"})
-            ports = dict(zip(bc.PORT_VARS, bc._free_ports(len(bc.PORT_VARS))))
+            ports = dict(zip(bc.PORT_VARS, bc.free_ports(len(bc.PORT_VARS))))
             proc = pipe.start("node-collectors", [
                 otelcol, "--config", str(config / "gateway.yaml"),
                 "--config", str(config / "remote-write-only.yaml")], {
@@ -97,9 +97,9 @@ def run(ranks: int, nodes: int, layers: int, heads: int, *, metrics: int = 2,
         meter, _, sent_end = bc.play(pipe, senders, go)
         exact = bc.wait_exact(pipe.prom, run_id, model.expected(ranks), meter)
         delay = time.monotonic() - sent_end
-        hist = bc._query(pipe.prom,
+        hist = bc.query(pipe.prom,
                          f'count({{__name__=~"sparse_attention_.+", run_id="{run_id}"}})')
-        per_rank = bc._query(pipe.prom, f'count({{rank!="", run_id="{run_id}"}})')
+        per_rank = bc.query(pipe.prom, f'count({{rank!="", run_id="{run_id}"}})')
         return TwoLevelResult(
             ranks=ranks, nodes=nodes, layers=layers, heads=heads, metrics=metrics,
             rounds=rounds, histogram_series=int(hist[0][1]) if hist else 0,
